@@ -1,0 +1,96 @@
+"""The `histosynth` command: parses arguments and calls the stages; no stage logic lives here.
+
+Each stage sub-package has a `cli.py` with a `register(app)` that adds its commands. Stage CLI
+modules import only typer and the core at module level, so `histosynth --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from . import __version__
+from .config import ConfigError
+from .console import HistosynthError, error, is_debug, set_debug, set_quiet
+
+app = typer.Typer(
+    name="histosynth",
+    help="Slides and pathology reports to a text-conditioned latent diffusion model of histopathology patches.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Pipeline order; each module's register(app) adds the commands of its stage.
+STAGE_CLIS = (
+    "histosynth.core_cli",          # sample-data
+    "histosynth.slides.cli",        # tile, tile-merge
+    "histosynth.reports.cli",       # reports, summarize, summary-stats
+    "histosynth.text.cli",          # embed
+    "histosynth.latents.cli",       # train-vae, encode
+    "histosynth.train.cli",         # train
+    "histosynth.sample.cli",        # sample
+    "histosynth.evaluate.cli",      # evaluate
+    "histosynth.experiments.cli",   # ablate, demo
+    "histosynth.convert.cli",       # convert-pathldm
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"histosynth {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or info messages."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    set_quiet(quiet)
+    set_debug(debug)
+
+
+for _module in STAGE_CLIS:
+    importlib.import_module(_module).register(app)
+
+
+def main() -> None:
+    # Two cores: never let torch, BLAS and loader workers oversubscribe them by default.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app(standalone_mode=False)
+    except ConfigError as exc:
+        error(str(exc))
+        sys.exit(2)
+    except HistosynthError as exc:
+        if is_debug():
+            raise
+        error(str(exc))
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        error("aborted")
+        sys.exit(130)
+    except KeyboardInterrupt:
+        error("interrupted; finished outputs are kept, rerun to resume")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if is_debug():
+            raise
+        error(f"{exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
