@@ -41,6 +41,9 @@ class SlidesConfig(Section):
     assume_mpp: float | None = Field(None, gt=0)  # mpp for slides whose metadata has none
     workers: int = Field(1, ge=1)              # slides tiled in parallel (processes)
     compression: Literal["gzip", "lzf", "none"] = "gzip"  # HDF5 compression of the tile pixels
+    gzip_level: int = Field(4, ge=1, le=9)     # 1 fastest ... 9 smallest (h5py's default is 4)
+    threads: int = Field(2, ge=1)              # reader threads within one slide (region reads, resizing)
+    mpp_tolerance: float = Field(0.05, ge=0, lt=0.5)  # relative mpp mismatch read as is, without resizing
 
     @model_validator(mode="after")
     def _overlap_below_size(self):
@@ -63,6 +66,9 @@ class SummariesConfig(Section):
     temperature: float = 0.0
     seed: int = 0                              # best effort on the server's side
     redact: bool = True                        # strip personal identifiers before non-local requests
+    request_retries: int = Field(4, ge=0)      # retries of one request (429, 5xx, timeout, malformed reply)
+    backoff_s: float = Field(1.0, ge=0)        # first retry wait, doubled per retry (at least Retry-After)
+    findings: list[str] = []                   # findings the prompt asks for; empty: the template's list
 
 
 class TextConfig(Section):
@@ -73,6 +79,9 @@ class TextConfig(Section):
     levels: list[str] = ["low", "high"]        # bins for per-tile probabilities in the template
     attend_padding: bool = False               # True: U-Net attends to padding tokens (PathLDM did)
     batch_size: int = Field(64, ge=1)          # texts per encoder call
+    shard_size: int = Field(1024, ge=1)        # texts per safetensors shard (the unit of resume)
+    store_dtype: Literal["float32", "float16"] = "float32"  # hidden states on disk; float16 halves the size
+    missing_summary: Literal["error", "empty"] = "error"    # tiles of cases without a summary: fail, or use ""
 
 
 class VAEConfig(Section):
@@ -87,6 +96,11 @@ class VAEConfig(Section):
     kl_weight: float = 1e-6
     perceptual_weight: float = 0.0             # LPIPS-style term, only when its weights are present
     seed: int = 0
+    num_vq_embeddings: int = Field(8192, ge=2)  # codebook size of a VQModel (PathLDM: 8192)
+    scale_tiles: int = Field(512, ge=1)        # training tiles whose latent std sets scaling_factor
+    eval_tiles: int = Field(256, ge=1)         # test tiles for the reconstruction PSNR / SSIM
+    dihedral_check_tiles: int = Field(64, ge=0)  # tiles to measure latent-space dihedral error on
+    encode_batch_size: int = Field(32, ge=1)   # tiles per VAE call when caching latents
 
 
 class UNetConfig(Section):
@@ -126,6 +140,10 @@ class TrainConfig(Section):
     log_every: int = 10
     num_workers: int = 0                       # DataLoader processes
     seed: int = 0
+    dihedral: bool = True                      # random flips/quarter turns, applied to the latents
+    validation_images: int = Field(8, ge=0)    # images in each validation grid
+    heldout_tiles: int = Field(32, ge=1)       # fixed test-split batch for the held-out loss
+    log_samples: bool = False                  # write each rank's tile ids per step to logs/ (debugging)
 
 
 class SampleConfig(Section):
@@ -142,6 +160,7 @@ class EvaluateConfig(Section):
     n: int | None = None                       # images per side; None: all
     inception_weights: str | None = None       # pt_inception-2015-12-05 file; else $HISTOSYNTH_INCEPTION
     batch_size: int = 32
+    crop: int | None = Field(None, ge=16)      # px, centre crop before every metric; None: whole tiles
 
 
 class HistoSynthConfig(Section):

@@ -60,7 +60,8 @@ def render_html(results: dict[str, Any]) -> str:
         "figcaption{font-size:0.85em;color:#444}</style></head><body>",
         f"<h1>{esc(results.get('title', 'histosynth demo'))}</h1>",
         f"<p>Preset <code>{esc(str(results.get('preset')))}</code>; data: {esc(str(results.get('data', '')))}; "
-        f"device: {esc(str(results.get('device', 'cpu')))}; total wall time {seconds(results.get('total_wall_s'))}.</p>",
+        f"device: {esc(str(results.get('device', 'cpu')))}; this run took {seconds(results.get('total_wall_s'))} "
+        f"(CPU time {seconds(results.get('total_cpu_s'))}).</p>",
     ]
     if results.get("smoke"):
         parts.append(f"<p class='warn'><b>Smoke-scale CPU model.</b> {esc(SMOKE_NOTE)}</p>")
@@ -94,15 +95,17 @@ def render_html(results: dict[str, Any]) -> str:
 
     parts += [
         "<h2>Stages</h2>",
-        "<p>Wall time and peak resident memory of each stage (measured around the call in the demo's "
-        "process; 'above start' is what the stage added to the memory already in use). "
+        "<p>Wall time, CPU time (all threads of the process) and peak resident memory of each stage, measured "
+        "around the call in the demo's process; 'above start' is what the stage added to the memory already in use. "
         "'resumed' stages were finished by an earlier run and show that run's figures.</p>",
-        "<table><tr><th>stage</th><th>status</th><th>wall time</th><th>peak RSS</th><th>peak above start</th></tr>",
+        "<table><tr><th>stage</th><th>status</th><th>wall time</th><th>CPU time</th><th>peak RSS</th>"
+        "<th>peak above start</th></tr>",
     ]
     for s in results.get("stages", []):
         parts.append(
             f"<tr><td>{esc(s['name'])}</td><td>{esc(s.get('status', ''))}</td><td>{seconds(s.get('wall_time_s'))}</td>"
-            f"<td>{mib(s.get('rss_peak_bytes'))}</td><td>{mib(s.get('rss_peak_above_baseline_bytes'))}</td></tr>"
+            f"<td>{seconds(s.get('cpu_time_s'))}</td><td>{mib(s.get('rss_peak_bytes'))}</td>"
+            f"<td>{mib(s.get('rss_peak_above_baseline_bytes'))}</td></tr>"
         )
     parts += ["</table>", "</body></html>"]
     return "\n".join(parts)
@@ -149,9 +152,11 @@ def overview_png(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], png: st
     from ..imageio import contact_sheet
 
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.4))
-    for ax, images, title in ((axes[0], real, "real (test split)"), (axes[1], fake, fake_title)):
-        ax.imshow(contact_sheet(list(images), columns=columns), interpolation="nearest")
+    sheets = [contact_sheet(list(images), columns=columns) for images in (real, fake)]
+    height, width = sheets[0].shape[:2]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5 * height / width + 0.5))
+    for ax, sheet, title in zip(axes, sheets, ("real (test split)", fake_title)):
+        ax.imshow(sheet, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
     fig.tight_layout()

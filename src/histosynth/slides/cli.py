@@ -1,9 +1,90 @@
-"""Commands of the slides stage (being built)."""
+"""Commands of the slides stage: `tile` and `tile-merge`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from ..options import ConfigOpt, PresetOpt, SetOpt, WorkspaceOpt
+
+
+def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """'K/N' -> (K, N), 0 <= K < N (e.g. --shard $SLURM_ARRAY_TASK_ID/N with --array=0-(N-1))."""
+    from ..config import ConfigError
+
+    if text is None:
+        return None
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {text}: expected K/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise ConfigError(f"--shard {text}: need 0 <= K < N")
+    return k, n
+
+
+def tile(
+    slides: List[Path] = typer.Argument(..., help="Slide files or folders (any format OpenSlide reads)."),
+    workspace: Path = WorkspaceOpt,
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    overrides: List[str] = SetOpt,
+    mpp: Optional[float] = typer.Option(None, "--mpp", help="Target microns per pixel (default: preset's)."),
+    size: Optional[int] = typer.Option(None, "--size", help="Tile edge in px at the target mpp."),
+    overlap: Optional[int] = typer.Option(None, "--overlap", help="Pixels shared by neighbouring tiles."),
+    min_tissue: Optional[float] = typer.Option(None, "--min-tissue", help="Keep tiles with this tissue fraction or more."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Slides tiled in parallel (processes)."),
+    assume_mpp: Optional[float] = typer.Option(None, "--assume-mpp", help="Level-0 um/px for slides without metadata."),
+    scores: Optional[Path] = typer.Option(None, "--scores", help="Folder of wsinfer per-slide CSVs to join."),
+    sample_types: Optional[str] = typer.Option(None, "--sample-types", help="TCGA sample types to keep, e.g. 01 or 01,11."),
+    slide_types: Optional[str] = typer.Option(None, "--slide-types", help="TCGA slide types to keep, e.g. DX or TS,BS."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: tile only the K-th of N slide subsets (0-based)."),
+) -> None:
+    """Tile slides into HDF5 tiles + a Parquet index under WS/tiles (resumable)."""
+    from ..console import HistosynthError, info
+    from ..options import workspace_config
+    from .tiler import tile_slides
+
+    flags = {"mpp": mpp, "size": size, "overlap": overlap, "min_tissue": min_tissue, "workers": workers,
+             "assume_mpp": assume_mpp, "sample_types": _list(sample_types), "slide_types": _list(slide_types)}
+    extra = [f"slides.{k}={v}" for k, v in flags.items() if v is not None]
+    ws, cfg = workspace_config(workspace, preset, config, list(overrides) + extra)
+    summary = tile_slides(ws, cfg, slides, scores_dir=scores, shard=parse_shard(shard))
+    if summary.get("total_tiles") is not None:
+        info(f"{summary['index']}: {summary['total_tiles']} tiles from {summary['index_slides']} slides")
+    elif summary["shard"]:
+        info("shard done; when all shards are, run `histosynth tile-merge -w WS` to build the index")
+    if summary["failed"]:
+        names = ", ".join(summary["failed"])
+        raise HistosynthError(f"{len(summary['failed'])} of {summary['slides']} slides failed (see above): {names}")
+
+
+def tile_merge(
+    parts: List[Path] = typer.Argument(None, help="Workspaces of other jobs to copy finished slides from."),
+    workspace: Path = WorkspaceOpt,
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    overrides: List[str] = SetOpt,
+) -> None:
+    """Join sharded tiling jobs: copy their finished slides in and rebuild WS/tiles/index.parquet."""
+    from ..manifest import recording
+    from ..options import workspace_config
+    from .index import merge_workspaces
+
+    ws, cfg = workspace_config(workspace, preset, config, overrides)
+    with recording("tile-merge", ws.tiles_dir, config=cfg, filename="manifest-merge.json") as manifest:
+        manifest.results.update(merge_workspaces(ws, cfg, list(parts or [])))
+
+
+def _list(text: Optional[str]) -> Optional[str]:
+    """'01,11' -> '[01, 11]' as a YAML list of strings for --set (so 01 stays '01', not 1)."""
+    if text is None:
+        return None
+    return "[" + ", ".join(f"'{v.strip()}'" for v in text.split(",") if v.strip()) + "]"
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("tile")(tile)
+    app.command("tile-merge")(tile_merge)

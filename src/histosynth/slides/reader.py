@@ -48,6 +48,9 @@ def find_slides(inputs: list[Path]) -> list[Path]:
         else:
             raise HistosynthError(f"{item}: no such file or folder")
     slides = sorted(found)
+    if not slides:
+        raise HistosynthError(f"{', '.join(map(str, inputs))}: no slide files found "
+                              f"(looked for {' '.join(SLIDE_SUFFIXES)})")
     stems: dict[str, Path] = {}
     for p in slides:
         if p.stem in stems:
@@ -62,9 +65,21 @@ def open_slide(path: Path):
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
-        raise HistosynthError(f"{path}: not a slide OpenSlide can read (unsupported or not an image)") from None
+        raise HistosynthError(f"{path}: {why_unreadable(path)}") from None
     except openslide.OpenSlideError as exc:
-        raise HistosynthError(f"{path}: unreadable slide ({exc})") from None
+        raise HistosynthError(f"{path}: unreadable slide, truncated or corrupt? ({exc})") from None
+
+
+def why_unreadable(path: Path) -> str:
+    """A likelier cause than OpenSlide's 'unsupported format' for the common cases."""
+    size = path.stat().st_size
+    if size == 0:
+        return "empty file"
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):  # TIFF / BigTIFF, the base of most slide formats
+        return f"a TIFF file ({size} bytes) that OpenSlide cannot open: truncated or corrupt"
+    return "not a slide (OpenSlide does not recognise the format)"
 
 
 def level0_mpp(slide, path: Path, assume_mpp: float | None) -> tuple[float, str]:

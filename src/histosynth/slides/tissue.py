@@ -2,10 +2,12 @@
 
 Like CLAM's TCGA preset: HSV saturation, median blur, Otsu threshold, morphological closing. Stained
 tissue is coloured while glass is grey-white, so saturation separates them whatever the stain. Otsu
-alone tends to split strongly from lightly stained tissue when tissue dominates the picture (pale
-stroma, haematoxylin-only areas would be lost), so its threshold is clipped into a range that lies
-above glass noise and below pale tissue. Pen marks (green/cyan ink, hue 0.2-0.58) and near-black
-areas (marker, slide edges, dirt) are removed, then the mask is closed and cleaned.
+alone tends to split strongly from lightly stained tissue when tissue dominates the picture, so its
+threshold is clipped into a range just above glass. Very pale tissue (loose stroma, weak IHC
+counterstain) is barely more saturated than glass but has texture (nuclei, fibres) where glass is
+flat, so a high local grey-level spread also marks tissue. Pen ink (green to cyan hues) and
+near-black areas (marker, slide edges, debris) are removed, with a margin so their outlines go too;
+then the mask is closed, specks are dropped and holes smaller than a tile (lumina) are filled.
 """
 
 from __future__ import annotations
@@ -13,15 +15,17 @@ from __future__ import annotations
 import numpy as np
 
 SAT_RANGE = (0.03, 0.08)     # the Otsu threshold of saturation is clipped into this range
-PEN_HUES = (0.20, 0.58)      # green to cyan: ink, never H&E or DAB/haematoxylin
+TEXTURE_STD = 4.0            # grey levels (0-255): local spread above this is tissue, not glass
+PEN_HUES = (0.20, 0.58)      # green to cyan: ink, never H&E, DAB or haematoxylin
 DARK_VALUE = 0.20            # HSV value below this: black ink, slide edge, debris
 
 
 def tissue_mask(rgb: np.ndarray, tile_px: float) -> np.ndarray:
     """Boolean tissue mask of an RGB image; `tile_px` is the tile edge in this image's pixels."""
+    from scipy.ndimage import uniform_filter
     from skimage.color import rgb2hsv
     from skimage.filters import median, threshold_otsu
-    from skimage.morphology import binary_closing, disk, remove_small_holes, remove_small_objects
+    from skimage.morphology import closing, dilation, disk, remove_small_holes, remove_small_objects
 
     hsv = rgb2hsv(rgb)
     hue, value = hsv[..., 0], hsv[..., 2]
@@ -29,13 +33,16 @@ def tissue_mask(rgb: np.ndarray, tile_px: float) -> np.ndarray:
     threshold = SAT_RANGE[0]
     if np.ptp(sat) > 0:
         threshold = float(np.clip(threshold_otsu(sat), *SAT_RANGE))
-    mask = sat > threshold
-    mask &= ~((hue > PEN_HUES[0]) & (hue < PEN_HUES[1]) & (sat > threshold))
-    mask &= value > DARK_VALUE
-    mask = binary_closing(mask, disk(2))
+    grey = rgb.astype(np.float32).mean(-1)
+    mean = uniform_filter(grey, 3)
+    spread = np.sqrt(np.maximum(uniform_filter(grey * grey, 3) - mean * mean, 0))
+    mask = (sat > threshold) | (spread > TEXTURE_STD)
+    artefact = ((hue > PEN_HUES[0]) & (hue < PEN_HUES[1]) & (sat > threshold)) | (value < DARK_VALUE)
+    mask &= ~dilation(artefact, disk(2))
+    mask = closing(mask, disk(2))
     tile_area = max(tile_px, 1.0) ** 2
-    mask = remove_small_objects(mask, min_size=max(int(tile_area * 0.25), 4))  # specks, dust
-    return remove_small_holes(mask, area_threshold=max(int(tile_area), 4))     # lumina, tears
+    mask = remove_small_objects(mask, max_size=max(int(tile_area * 0.25), 4))  # specks, dust
+    return remove_small_holes(mask, max_size=max(int(tile_area), 4))           # lumina, tears
 
 
 def tile_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:

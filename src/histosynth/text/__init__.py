@@ -1,1 +1,1 @@
-"""text stage."""
+"""Text stage: encoders, condition text, long context and the embedding cache (see docs/architecture.md)."""

@@ -1,0 +1,146 @@
+"""Tiles per second: `histosynth tile` versus the straightforward loop, side by side in one run.
+
+The straightforward loop is what a researcher writes first: `read_region` at level 0 for every grid
+position (resized when the target mpp is coarser), a saturation filter, one PNG per kept tile.
+Both use the same slide, tile size, target mpp and tissue threshold; tiles/s counts kept tiles.
+
+Slides: the real CMU-1-Small-Region.svs (single level, 0.499 um/px; well under a second), and a
+large pyramidal slide built here: about 20,000 x 20,000 px at 0.499 um/px, 4 levels, JPEG tiles
+(as in SVS files), made of mirrored copies of the real slide's tissue (about half glass).
+
+    .venv/bin/python benchmarks/tiling.py [--workdir DIR] [--size 256] [--skip-large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_SLIDE = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+LARGE_EDGE = 20_000
+LARGE_LEVELS = 4
+SAT_MIN = 0.07          # the loop's saturation filter: a pixel with HSV saturation above this is tissue
+
+
+def build_large_slide(path: Path, source: Path = REAL_SLIDE) -> Path:
+    """A ~20k x 20k generic-TIFF pyramid (OpenSlide layout, JPEG tiles) tiled with the real tissue."""
+    import openslide
+    import tifffile
+    from PIL import Image
+
+    if path.exists():
+        return path
+    slide = openslide.OpenSlide(str(source))
+    mpp = float(slide.properties["openslide.mpp-x"])
+    tissue = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+    th, tw = tissue.shape[:2]
+    canvas = np.empty((LARGE_EDGE, LARGE_EDGE, 3), dtype=np.uint8)
+    for row, y in enumerate(range(0, LARGE_EDGE, th)):
+        for col, x in enumerate(range(0, LARGE_EDGE, tw)):
+            piece = tissue[:, ::-1] if col % 2 else tissue        # mirrored neighbours: continuous seams
+            piece = piece[::-1] if row % 2 else piece
+            h, w = min(th, LARGE_EDGE - y), min(tw, LARGE_EDGE - x)
+            canvas[y:y + h, x:x + w] = piece[:h, :w]
+    levels = [canvas]
+    for _ in range(LARGE_LEVELS - 1):
+        prev = Image.fromarray(levels[-1])
+        levels.append(np.asarray(prev.reduce(2)))
+    tmp = path.with_name(".tmp-" + path.name)
+    with tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+        for i, img in enumerate(levels):
+            px_per_cm = 1e4 / (mpp * 2**i)
+            tif.write(img, photometric="rgb", tile=(256, 256), compression="jpeg", compressionargs={"level": 90},
+                      resolution=(px_per_cm, px_per_cm), resolutionunit="CENTIMETER",
+                      subfiletype=0 if i == 0 else 1, metadata=None)
+    tmp.rename(path)
+    return path
+
+
+def straightforward_loop(slide_path: Path, mpp: float, size: int, min_tissue: float, out: Path) -> int:
+    """The loop most tutorials show: level-0 read per grid cell, filter, save a PNG. Returns kept tiles."""
+    import openslide
+    from PIL import Image
+
+    slide = openslide.OpenSlide(str(slide_path))
+    read = round(size * mpp / float(slide.properties["openslide.mpp-x"]))   # level-0 px per tile
+    width, height = slide.dimensions
+    out.mkdir(parents=True, exist_ok=True)
+    kept = 0
+    for y in range(0, height - read + 1, read):
+        for x in range(0, width - read + 1, read):
+            tile = slide.read_region((x, y), 0, (read, read)).convert("RGB")
+            if read != size:
+                tile = tile.resize((size, size), Image.Resampling.LANCZOS)
+            saturation = np.asarray(tile.convert("HSV"))[..., 1]
+            if (saturation > SAT_MIN * 255).mean() < min_tissue:
+                continue
+            tile.save(out / f"{x}_{y}.png")
+            kept += 1
+    return kept
+
+
+def histosynth_tile(slide_path: Path, mpp: float, size: int, min_tissue: float, out: Path) -> int:
+    from histosynth import console
+    from histosynth.slides.tiler import tile_slides
+    from histosynth.workspace import Workspace
+
+    console.set_quiet(True)
+    ws = Workspace(out)
+    cfg = ws.ensure_config(preset="tiny-cpu", overrides=[f"slides.mpp={mpp}", f"slides.size={size}",
+                                                         f"slides.min_tissue={min_tissue}"])
+    summary = tile_slides(ws, cfg, [slide_path])
+    if summary["failed"]:
+        raise SystemExit(f"histosynth tile failed: {summary['failed']}")
+    return summary["total_tiles"]
+
+
+def compare(name: str, slide_path: Path, mpp: float, size: int, workdir: Path, min_tissue: float = 0.5) -> dict:
+    row = {"slide": name, "mpp": mpp}
+    for label, fn in (("loop", straightforward_loop), ("histosynth", histosynth_tile)):
+        out = workdir / f"{name}-{mpp}-{label}"
+        shutil.rmtree(out, ignore_errors=True)
+        t0 = time.perf_counter()
+        tiles = fn(slide_path, mpp, size, min_tissue, out)
+        seconds = time.perf_counter() - t0
+        row[label] = (tiles, seconds, tiles / seconds)
+        shutil.rmtree(out, ignore_errors=True)
+    row["ratio"] = row["histosynth"][2] / row["loop"][2]
+    row["wall_ratio"] = row["loop"][1] / row["histosynth"][1]  # same grid, whatever each filter keeps
+    print(f"{name:<18} {mpp:>4} um/px | loop {row['loop'][0]:>5} tiles {row['loop'][1]:7.1f} s "
+          f"{row['loop'][2]:7.1f} tiles/s | histosynth {row['histosynth'][0]:>5} tiles {row['histosynth'][1]:7.1f} s "
+          f"{row['histosynth'][2]:7.1f} tiles/s | ratio {row['ratio']:.2f}x (wall time {row['wall_ratio']:.2f}x)",
+          flush=True)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "histosynth-bench-tiling")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--skip-large", action="store_true", help="only the small real slide")
+    args = parser.parse_args()
+    if not REAL_SLIDE.exists():
+        raise SystemExit(f"{REAL_SLIDE} not found (real sample data lives in ../shared/data)")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    print(f"tile {args.size} px, min tissue 0.5; tiles/s = kept tiles / wall time (2 cores, shared)")
+    for fn in (straightforward_loop, histosynth_tile):  # warm-up: imports and file cache, not measured
+        fn(REAL_SLIDE, 1.0, args.size, 0.5, args.workdir / "warm-up")
+        shutil.rmtree(args.workdir / "warm-up")
+    rows = [compare("CMU-1-Small-Region", REAL_SLIDE, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+    if not args.skip_large:
+        t0 = time.perf_counter()
+        large = build_large_slide(args.workdir / "large-20k.tiff")
+        print(f"large slide {large} ({large.stat().st_size / 1e6:.0f} MB) ready in {time.perf_counter() - t0:.0f} s")
+        rows += [compare("large-20k-4-levels", large, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+    print("ratios (histosynth / loop, tiles/s): "
+          + ", ".join(f"{r['slide']} @ {r['mpp']}: {r['ratio']:.2f}x" for r in rows))
+
+
+if __name__ == "__main__":
+    main()

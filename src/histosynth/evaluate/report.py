@@ -1,0 +1,86 @@
+"""The evaluation report: `report.md` with the metrics table, the protocol and real-vs-generated grids."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..fileio import write_text
+from ..imageio import contact_sheet, save_png
+
+ROWS = (  # (metric path in eval.json, label, better)
+    ("fid", "FID (pytorch-fid Inception, pool3)", "lower"),
+    ("kid.kid", "KID", "lower"),
+    ("kid.kid_std", "KID std over subsets", ""),
+    ("pr.precision", "Precision (k-NN, k=3)", "higher"),
+    ("pr.recall", "Recall (k-NN, k=3)", "higher"),
+    ("stain.frechet_hed", "Stain Frechet distance (HED mean/std per image)", "lower"),
+    ("stain.w1_h", "Haematoxylin W1 (pixels)", "lower"),
+    ("stain.w1_e", "Eosin W1 (pixels)", "lower"),
+    ("memorization.near_copy_share", "Share of near-copies of training tiles", "lower"),
+    ("memorization.fake_nn_distance_median", "Median distance fake -> nearest training tile", ""),
+    ("memorization.test_nn_distance_median", "Median distance real test -> nearest training tile", ""),
+)
+PAIRS = 8   # closest fake/training pairs shown
+
+
+def lookup(data: dict, path: str):
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def write_grids(out_dir: Path, real_preview: np.ndarray, fake_preview: np.ndarray,
+                pairs: list[tuple[np.ndarray, np.ndarray]] | None = None) -> dict[str, str]:
+    """real_grid.png, fake_grid.png and (with pairs) nearest_training.png: fake beside its nearest tile."""
+    files = {}
+    for name, preview, synthetic in (("real_grid.png", real_preview, False), ("fake_grid.png", fake_preview, True)):
+        if len(preview):
+            save_png(out_dir / name, contact_sheet(list(preview), columns=8), {"synthetic": str(synthetic).lower()})
+            files[name.removesuffix(".png")] = name
+    if pairs:
+        size = pairs[0][0].shape[:2]
+        images = [img for fake, train in pairs for img in (fake, _resize(train, size))]
+        save_png(out_dir / "nearest_training.png", contact_sheet(images, columns=2), {"synthetic": "mixed"})
+        files["nearest_training"] = "nearest_training.png"
+    return files
+
+
+def write_markdown(out_dir: Path, report: dict, grids: dict[str, str]) -> Path:
+    protocol = report["protocol"]
+    lines = ["# histosynth evaluation", "",
+             f"Real: `{protocol['real']['source']}` ({protocol['n_real']} images); "
+             f"generated: `{protocol['fake']['source']}` ({protocol['n_fake']} images).", "",
+             "| metric | value | better |", "|---|---|---|"]
+    for path, label, better in ROWS:
+        value = lookup(report["metrics"], path)
+        if value is not None:
+            lines.append(f"| {label} | {value:.4g} | {better} |")
+    for metric, why in report.get("skipped", {}).items():
+        lines.append(f"| {metric} | skipped: {why} | |")
+    cond = protocol.get("fakes_conditioned_on") or {}
+    lines += ["", "## Protocol", "",
+              f"- Fakes conditioned on: {cond.get('description', 'unknown')}",
+              f"- Crop: {protocol['crop']}; resizing for Inception: {protocol['resize']}",
+              f"- Inception weights: {(protocol.get('inception') or {}).get('sha256', 'not used')}",
+              f"- Seeds: {protocol['seeds']}",
+              "- Implementations: " + "; ".join(f"{k}: {v}" for k, v in protocol["implementations"].items()),
+              "", "Small sets make FID biased upwards; compare FIDs only at equal image counts (KID is unbiased).", ""]
+    for key, title in (("real_grid", "Real tiles"), ("fake_grid", "Generated images"),
+                       ("nearest_training", "Closest generated images (left) and their nearest training tile (right)")):
+        if key in grids:
+            lines += [f"## {title}", "", f"![{title}]({grids[key]})", ""]
+    path = out_dir / "report.md"
+    write_text(path, "\n".join(lines))
+    return path
+
+
+def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if image.shape[:2] == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))

@@ -1,0 +1,229 @@
+"""`histosynth evaluate`: real vs generated images, with the protocol written down next to the numbers.
+
+FID/KID/precision-recall use the standard FID Inception (local weights file, checked by sha256);
+the stain distance and the memorization check need no weights and are always available.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from ..console import HistosynthError, info, warn
+from ..fileio import write_json
+from ..manifest import package_versions, recording
+from ..workspace import Workspace
+from . import memorization as memo
+from .inception import RESIZE, InceptionWeightsMissing, load_inception
+from .metrics import frechet_distance, frechet_distance_low_rank, kid, precision_recall
+from .report import PAIRS, write_grids, write_markdown
+from .sources import ImageSet, Source, parse_source, sample_protocol
+from .stain import stain_distance
+from .stats import set_stats
+
+METRICS = ("fid", "kid", "pr", "stain", "memorization")
+INCEPTION_METRICS = {"fid", "kid", "pr"}
+PR_K = 3
+CACHE_DIR = "eval-cache"   # under a workspace: real-set statistics shared by every run's evaluation
+IMPLEMENTATIONS = {
+    "fid": "Frechet distance of pool3 Gaussians; equals pytorch_fid.fid_score.calculate_frechet_distance "
+           "(eigenvalue form of tr sqrt(S1 S2))",
+    "kid": "unbiased MMD^2, cubic polynomial kernel k(x,y)=(x.y/d+1)^3, 100 subsets of min(1000, n_real, n_fake)",
+    "pr": f"improved precision/recall, k-NN manifolds with k={PR_K} (Kynkaanniemi et al. 2019) on pool3 features",
+    "stain": "skimage.color.rgb2hed (Ruifrok-Johnston); per-channel W1 of pooled pixels, "
+             "Frechet distance of per-image HED mean/std",
+    "memorization": f"nearest training tile by {memo.THUMB}px thumbnail RMS distance; near-copy below the "
+                    f"{memo.PERCENTILE:g}st percentile of real test -> train nearest distances",
+}
+
+
+def evaluate(
+    real: str | Path,                       # image folder, WS:split or .npz statistics
+    fake: str | Path,                       # the same kinds; usually a `histosynth sample` folder
+    out_dir: str | Path,
+    metrics: list[str] | None = None,       # subset of METRICS; None: all
+    n: int | None = None,                   # images per side; None: all
+    train: str | Path | None = None,        # training tiles for memorization; default WS:train of REAL
+    inception_weights: str | Path | None = None,
+    crop: int | None = None,                # centre crop in px before every metric; None: whole images
+    batch_size: int = 32,
+    allow_unverified_weights: bool = False,  # tests and random weights only: such FIDs are not comparable
+    device: str | None = None,
+) -> dict:
+    """Compute the metrics, write eval.json, report.md and the grids into `out_dir`; return eval.json."""
+    out_dir = Path(out_dir)
+    wanted = _parse_metrics(metrics)
+    real_src, fake_src = parse_source(real), parse_source(fake)
+    train_src = _train_source(train, real_src) if "memorization" in wanted else None
+    skipped: dict[str, str] = {}
+    if "memorization" in wanted and train_src is None:
+        skipped["memorization"] = "needs the training tiles: pass --train WS:train (or REAL as WS:test)"
+
+    inception, inception_info = None, None
+    if wanted & INCEPTION_METRICS:
+        try:
+            inception, inception_info = load_inception(inception_weights, allow_unverified_weights, device or "cpu")
+        except InceptionWeightsMissing as exc:
+            if wanted <= INCEPTION_METRICS:
+                raise
+            warn(f"skipping {', '.join(sorted(wanted & INCEPTION_METRICS))}: {exc}")
+            skipped.update({m: str(exc) for m in wanted & INCEPTION_METRICS})
+    active = wanted - set(skipped)
+    parts = {"inception"} if inception is not None else set()
+    parts |= {"stain"} if "stain" in active else set()
+    parts |= {"thumbs"} if "memorization" in active else set()
+    sha = inception_info["sha256"] if inception_info else None
+    common = dict(n=n, crop=crop, batch_size=batch_size, inception=inception, inception_sha256=sha)
+
+    with recording("evaluate", out_dir, config={"metrics": sorted(wanted), "n": n, "crop": crop},
+                   seeds={"subset": 0, "kid": 0, "stain_pixels": 0}) as manifest:
+        real_stats, real_meta = set_stats(real_src, parts, cache=_cache_path(real_src, out_dir, "real", n, crop), **common)
+        fake_stats, fake_meta = set_stats(fake_src, parts, cache=out_dir / "fake_stats.npz", **common)
+        results, pairs = {}, None
+        for name in sorted(active & INCEPTION_METRICS):
+            _measure(name, results, skipped, real_stats, fake_stats)
+        if "stain" in active:
+            if _have("hed_stats", real_stats, fake_stats, skipped, "stain"):
+                results["stain"] = stain_distance(real_stats["hed_stats"], real_stats["hed_pixels"],
+                                                  fake_stats["hed_stats"], fake_stats["hed_pixels"])
+        if "memorization" in active and _have("thumbs", real_stats, fake_stats, skipped, "memorization"):
+            train_stats, train_meta = set_stats(train_src, {"thumbs"},
+                                                cache=_cache_path(train_src, out_dir, "train", None, crop),
+                                                **{**common, "n": None, "inception": None, "inception_sha256": None})
+            if real_src.kind == "workspace" and real_src.split == "train":
+                warn("REAL is the training split: the near-copy threshold should come from test tiles")
+            result = memo.memorization(fake_stats["thumbs"], train_stats["thumbs"], real_stats["thumbs"])
+            pairs = _closest_pairs(result, fake_stats, train_stats, train_src)
+            results["memorization"] = {k: v for k, v in result.items() if not isinstance(v, np.ndarray)}
+            results["memorization"]["train"] = _describe(train_src, train_meta)
+
+        report = {"metrics": results, "skipped": skipped,
+                  "protocol": protocol(real_src, fake_src, real_meta, fake_meta, crop, inception_info)}
+        write_json(out_dir / "eval.json", report)
+        grids = write_grids(out_dir, real_stats.get("preview", np.empty(0)), fake_stats.get("preview", np.empty(0)), pairs)
+        write_markdown(out_dir, report, grids)
+        manifest.results.update(metrics=results, skipped=skipped)
+    info(f"wrote {out_dir / 'eval.json'} and {out_dir / 'report.md'}")
+    return report
+
+
+def section_of(real: str | Path):
+    """The `evaluate` config section of REAL's workspace (for WS:split), else the defaults."""
+    from ..config import EvaluateConfig
+
+    src = parse_source(real)
+    return Workspace(src.path).config().evaluate if src.kind == "workspace" else EvaluateConfig()
+
+
+def _parse_metrics(metrics) -> set[str]:
+    if isinstance(metrics, str):
+        metrics = metrics.split(",")
+    wanted = {m.strip().lower() for m in (metrics or METRICS) if m.strip()}
+    unknown = wanted - set(METRICS)
+    if unknown or not wanted:
+        raise HistosynthError(f"--metrics: unknown {', '.join(sorted(unknown)) or '(none given)'}; choose from {','.join(METRICS)}")
+    return wanted
+
+
+def _train_source(train, real_src: Source) -> Source | None:
+    if train is not None:
+        return parse_source(train)
+    if real_src.kind == "workspace":
+        return Source("workspace", real_src.path, "train")
+    return None
+
+
+def _cache_path(src: Source, out_dir: Path, role: str, n: int | None, crop: int | None) -> Path:
+    """Workspace sets are cached in the workspace (shared by every run's evaluation), others in out_dir."""
+    if src.kind == "workspace":
+        name = f"stats-{src.split}-n{n or 'all'}-crop{crop or 'none'}.npz"
+        return Workspace(src.path).root / CACHE_DIR / name
+    return out_dir / f"{role}_stats.npz"
+
+
+def _have(key: str, real: dict, fake: dict, skipped: dict, metric: str) -> bool:
+    missing = [side for side, stats in (("real", real), ("fake", fake)) if key not in stats]
+    if missing:
+        skipped[metric] = f"the {' and '.join(missing)} statistics file has no '{key}'"
+    return not missing
+
+
+def _measure(name: str, results: dict, skipped: dict, real: dict, fake: dict) -> None:
+    key = "mu" if name == "fid" else "inception"
+    if not _have(key, real, fake, skipped, name):
+        return
+    try:
+        if name == "fid":
+            if min(len(real.get("ids", [0, 0])), len(fake.get("ids", [0, 0]))) < 2:
+                raise ValueError("FID needs at least 2 images per side")
+            if "inception" in fake and len(fake["inception"]) < fake["inception"].shape[1]:
+                results["fid"] = frechet_distance_low_rank(real["mu"], real["sigma"], fake["inception"])
+            else:
+                results["fid"] = frechet_distance(real["mu"], real["sigma"], fake["mu"], fake["sigma"])
+        elif name == "kid":
+            results["kid"] = kid(real["inception"], fake["inception"])
+        else:
+            results["pr"] = precision_recall(real["inception"], fake["inception"], k=PR_K)
+    except ValueError as exc:
+        skipped[name] = str(exc)
+
+
+def _closest_pairs(result: dict, fake_stats: dict, train_stats: dict, train_src: Source):
+    """The PAIRS fakes closest to a training tile, each with that tile (for the report)."""
+    if train_src.kind == "npz":
+        return None
+    order = np.argsort(result["nearest_distance"])[:PAIRS]
+    fake_order = [i for i in order if i < len(fake_stats.get("preview", []))]
+    if not fake_order:
+        return None
+    train_ids = [str(train_stats["ids"][result["nearest"][i]]) for i in fake_order]
+    train_images = ImageSet(train_src).load(train_ids)
+    return [(fake_stats["preview"][i], img) for i, img in zip(fake_order, train_images)]
+
+
+def protocol(real_src: Source, fake_src: Source, real_meta: dict, fake_meta: dict, crop: int | None,
+             inception_info: dict | None) -> dict:
+    sample = sample_protocol(fake_src.path) if fake_src.kind == "folder" else {}
+    return {
+        "real": _describe(real_src, real_meta),
+        "fake": _describe(fake_src, fake_meta),
+        "n_real": real_meta.get("n"),
+        "n_fake": fake_meta.get("n"),
+        "crop": f"centre {crop}x{crop} px" if crop else "none (whole images)",
+        "resize": RESIZE + "; as pytorch-fid, which PathLDM and the paper used, so FIDs are comparable with theirs",
+        "inception": inception_info,
+        "fakes_conditioned_on": _conditioning(sample),
+        "sample": sample,
+        "seeds": {"sample_seed": sample.get("seed"), "real_subset_seed": 0, "kid_subsets_seed": 0,
+                  "stain_pixels_seed": 0},
+        "implementations": IMPLEMENTATIONS,
+        "versions": {**package_versions(), **_versions("scipy", "scikit-image", "torchvision")},
+    }
+
+
+def _conditioning(sample: dict) -> dict:
+    if not sample:
+        return {"description": "unknown (not a histosynth sample folder)"}
+    source = sample.get("source") or {}
+    if sample.get("from_summaries"):
+        return {"description": f"{sample.get('split')}-split reports (summary budget {source.get('budget')})",
+                "split": sample.get("split"), "budget": source.get("budget")}
+    return {"description": "user prompts", "split": None, "budget": None}
+
+
+def _describe(src: Source, meta: dict) -> dict:
+    return {"source": str(src), "kind": src.kind, "n": meta.get("n"), "stats_file": meta.get("stats_file"),
+            "reused": meta.get("reused"),
+            "format": meta.get("format", "histosynth")}
+
+
+def _versions(*names: str) -> dict:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out

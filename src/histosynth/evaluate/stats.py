@@ -1,0 +1,98 @@
+"""Per-set statistics (Inception features, stain descriptors, thumbnails), saved to and reused from `.npz`.
+
+One pass over a set computes every part a metric needs. A real set's file is reused while its
+inputs, size, crop and Inception weights are the same; pytorch-fid's own `--save-stats` files
+(`mu`, `sigma`) load too, for FID only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..console import HistosynthError, track
+from ..fileio import atomic_path
+from .inception import PoolFeatures
+from .memorization import thumbnails
+from .metrics import gaussian_stats
+from .sources import ImageSet, Source
+from .stain import describe
+
+VERSION = "histosynth-eval-1"   # bump when a part is computed differently
+PREVIEW = 16                    # images kept for the report's grids
+PARTS = ("inception", "stain", "thumbs")
+
+
+@torch.no_grad()
+def compute_stats(images: ImageSet, parts: set[str], inception: PoolFeatures | None = None,
+                  batch_size: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    if "inception" in parts and inception is None:
+        raise ValueError("inception features asked for without an Inception network")
+    device = next(inception.parameters()).device if inception is not None else "cpu"
+    rng = np.random.default_rng(seed)
+    feats, hed_stats, hed_pixels, thumbs, preview = [], [], [], [], []
+    batches = images.batches(batch_size)
+    for batch in track(batches, f"features of {images.source}", total=-(-len(images) // batch_size)):
+        if "inception" in parts:  # pytorch-fid's input: ToTensor, i.e. uint8 / 255 in [0, 1]
+            x = torch.from_numpy(batch).permute(0, 3, 1, 2).float().div(255).to(device)
+            feats.append(inception(x).cpu().numpy())
+        if "stain" in parts:
+            s, p = describe(batch, rng)
+            hed_stats.append(s)
+            hed_pixels.append(p)
+        if "thumbs" in parts:
+            thumbs.append(thumbnails(batch))
+        if len(preview) < PREVIEW:
+            preview.extend(batch[:PREVIEW - len(preview)])
+    stats = {"ids": np.asarray(images.ids), "preview": np.stack(preview)}
+    if feats:
+        stats["inception"] = np.concatenate(feats).astype(np.float32)
+        stats["mu"], stats["sigma"] = gaussian_stats(stats["inception"])
+    if hed_stats:
+        stats["hed_stats"], stats["hed_pixels"] = np.concatenate(hed_stats), np.concatenate(hed_pixels)
+    if thumbs:
+        stats["thumbs"] = np.concatenate(thumbs)
+    return stats
+
+
+def save_stats(path: str | Path, stats: dict[str, np.ndarray], meta: dict) -> None:
+    with atomic_path(path) as tmp:
+        np.savez(tmp, meta=np.asarray(json.dumps(meta)), **stats)
+
+
+def load_stats(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            stats = {k: f[k] for k in f.files if k != "meta"}
+            meta = json.loads(str(f["meta"])) if "meta" in f.files else {"source": str(path), "format": "pytorch-fid"}
+    except (OSError, ValueError) as exc:
+        raise HistosynthError(f"{path}: not a readable .npz statistics file ({exc.__class__.__name__})") from None
+    if "mu" not in stats and "thumbs" not in stats and "hed_stats" not in stats:
+        raise HistosynthError(f"{path}: holds no statistics (expected mu/sigma or histosynth parts)")
+    return stats, meta
+
+
+def set_stats(source: Source, parts: set[str], *, n: int | None, crop: int | None, batch_size: int,
+              inception: PoolFeatures | None, inception_sha256: str | None,
+              cache: Path | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Statistics of a set: loaded from an .npz source, reused from `cache`, or computed (then cached)."""
+    if source.kind == "npz":
+        stats, meta = load_stats(source.path)
+        return stats, {**meta, "stats_file": str(source.path), "reused": True}
+    images = ImageSet(source, n=n, crop=crop)
+    key = {"source": str(source), "fingerprint": images.fingerprint(), "n": len(images), "crop": crop,
+           "version": VERSION}
+    if cache is not None and cache.exists():
+        stats, meta = load_stats(cache)
+        same_inception = "inception" not in parts or meta.get("inception_sha256") == inception_sha256
+        if meta.get("key") == key and parts <= set(meta.get("parts", ())) and same_inception:
+            return stats, {**meta, "stats_file": str(cache), "reused": True}
+    stats = compute_stats(images, parts, inception, batch_size)
+    meta = {"key": key, "source": str(source), "n": len(images), "crop": crop, "parts": sorted(parts),
+            "inception_sha256": inception_sha256 if "inception" in parts else None}
+    if cache is not None:
+        save_stats(cache, stats, meta)
+    return stats, {**meta, "stats_file": str(cache) if cache else None, "reused": False}

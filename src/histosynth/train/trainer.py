@@ -1,0 +1,309 @@
+"""`histosynth train`: text-conditioned latent diffusion on cached latents and embeddings.
+
+One visible loop (nanoGPT style): accumulate gradients over micro-batches, clip, step AdamW and
+the warm-up schedule, update EMA, log, validate, checkpoint. `accelerate` supplies devices, DDP
+and autocast; the run folder is a set of diffusers components (docs/architecture.md, "Run").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .. import schedules
+from ..config import ConfigError, to_yaml
+from ..console import HistosynthError, info, warn
+from ..fileio import atomic_dir, read_json, write_json
+from ..imageio import contact_sheet, save_png, to_uint8
+from ..latents.vae import decode, load_vae
+from ..manifest import recording
+from ..workspace import Workspace
+from .checkpoints import ema_unet, latest_checkpoint, load_checkpoint, save_checkpoint, save_unet
+from .data import Batch, TrainData
+from .memory import MemoryMeter
+from .unet import build_unet, count_parameters
+
+WARMUP_STEPS_UNTIMED = 3  # first steps (allocation, autotuning) are left out of the step time
+TEXT_ENCODER_KEYS = ("encoder", "context_length", "long_context", "attend_padding", "template", "levels")
+
+
+def make_accelerator(tc):
+    from accelerate import Accelerator
+
+    cpu = not torch.cuda.is_available()
+    precision = tc.mixed_precision
+    if cpu and precision == "fp16":
+        warn("train.mixed_precision=fp16 needs a GPU; using bf16 autocast on the CPU")
+        precision = "bf16"
+    accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
+    if cpu and "OMP_NUM_THREADS" not in os.environ:  # ranks share the cores; never oversubscribe
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    return accelerator
+
+
+def diffusion_loss(unet, batch: Batch, noise_scheduler, accelerator, tc) -> torch.Tensor:
+    """MSE between the U-Net's prediction and the target (eps or v), optionally Min-SNR weighted."""
+    device = accelerator.device
+    latents, noise, t = batch.latents.to(device), batch.noise.to(device), batch.timesteps.to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, t)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, t)
+    else:
+        target = noise
+    mask = batch.mask.to(device) if batch.mask is not None else None
+    with accelerator.autocast():
+        pred = unet(noisy, t, encoder_hidden_states=batch.hidden.to(device), encoder_attention_mask=mask).sample
+    # The loss in fp32 whatever the autocast dtype: no half-precision reductions, no dtype mismatch.
+    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    if tc.min_snr_gamma is not None:
+        from diffusers.training_utils import compute_snr
+
+        snr = compute_snr(noise_scheduler, t)
+        weight = torch.clamp(snr, max=tc.min_snr_gamma)
+        weight = weight / (snr + 1 if noise_scheduler.config.prediction_type == "v_prediction" else snr)
+        per_sample = per_sample * weight
+    return per_sample.mean()
+
+
+@torch.no_grad()
+def heldout_losses(unet, data: TrainData, noise_scheduler, accelerator, tc) -> dict:
+    """Denoising loss on a fixed held-out batch, and what predicting zeros would score there."""
+    batch = data.heldout(tc.heldout_tiles, noise_scheduler)
+    loss = float(diffusion_loss(unet, batch, noise_scheduler, accelerator, tc.model_copy(update={"min_snr_gamma": None})))
+    latents, t = batch.latents, batch.timesteps
+    target = noise_scheduler.get_velocity(latents, batch.noise, t) \
+        if noise_scheduler.config.prediction_type == "v_prediction" else batch.noise
+    return {"heldout_loss": loss, "heldout_zero_baseline": float(target.pow(2).mean()),
+            "heldout_tiles": len(batch.tile_ids), "heldout_split": "test" if data.heldout_ids else "train"}
+
+
+@torch.no_grad()
+def validation_grid(unet, vae, data: TrainData, cfg, device) -> "torch.Tensor":
+    """Sample a few images conditioned on held-out texts with the run's sampler; uint8 grid."""
+    n = cfg.train.validation_images
+    ids = (data.heldout_ids or data.train_ids)[:n]
+    hidden, mask = data.emb.for_tiles(ids)
+    cond_mask = None if data.attend_padding else mask.long().to(device)
+    uncond_mask = None if data.attend_padding else data.uncond_mask.expand(len(ids), -1).to(device)
+    scheduler = schedules.sampling_scheduler(schedules.training_scheduler(cfg.diffusion).config, cfg.sample.sampler)
+    gen = torch.Generator().manual_seed(cfg.sample.seed)
+    noise = torch.randn((len(ids), *data.latent_shape), generator=gen).to(device) * scheduler.init_noise_sigma
+    latents = schedules.denoise(
+        unet, scheduler, noise, hidden.float().to(device), data.uncond_hidden.expand(len(ids), -1, -1).to(device),
+        cond_mask=cond_mask, uncond_mask=uncond_mask, steps=cfg.sample.steps, guidance=cfg.sample.guidance,
+        eta=cfg.sample.eta, generator=gen,
+    )
+    images = to_uint8(decode(vae, latents.float().cpu() / data.store.scaling_factor))
+    return contact_sheet(list(images), columns=min(8, len(images)))
+
+
+def write_run_skeleton(run: Path, cfg, data: TrainData, vae, noise_scheduler) -> None:
+    """The run's fixed components: config, VAE copy, scheduler, text encoder info, model index."""
+    from diffusers import __version__ as diffusers_version
+
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "histosynth.yaml").write_text(to_yaml(cfg))
+    with atomic_dir(run / "vae") as tmp:
+        vae.save_pretrained(tmp, safe_serialization=True)
+    with atomic_dir(run / "scheduler") as tmp:
+        noise_scheduler.save_pretrained(tmp)
+    emb_info = data.emb.info
+    text_info = {k: emb_info.get(k, getattr(cfg.text, k, None)) for k in TEXT_ENCODER_KEYS}
+    write_json(run / "text_encoder.json", text_info | {"width": data.width, "embeddings": str(getattr(data.emb, "path", ""))})
+    index = {"_class_name": "HistoSynthPipeline", "_diffusers_version": diffusers_version,
+             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", type(vae).__name__],
+             "scheduler": ["diffusers", type(noise_scheduler).__name__]}
+    if cfg.train.ema:
+        index["unet_ema"] = ["diffusers", "UNet2DConditionModel"]
+    write_json(run / "model_index.json", index)
+
+
+def check_resumable(run: Path, cfg) -> None:
+    """Resuming with another model, schedule, batch or seed would silently mix two runs."""
+    import yaml
+
+    saved = yaml.safe_load((run / "histosynth.yaml").read_text())
+    now = cfg.model_dump(mode="json")
+    keys = [("unet", None), ("diffusion", None)] + [("train", k) for k in ("batch_size", "grad_accum", "seed", "lr", "ema")]
+    for section, key in keys:
+        a = saved.get(section, {}) if key is None else saved.get(section, {}).get(key)
+        b = now[section] if key is None else now[section][key]
+        if a != b:
+            raise HistosynthError(f"{run / 'histosynth.yaml'}: {section}{'.' + key if key else ''} differs from this "
+                                  f"run's config; use another --name or --no-resume")
+
+
+def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True) -> Path:
+    """Train the U-Net of `cfg` on the training split's cached latents and budget-N embeddings."""
+    from diffusers.optimization import get_constant_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    tc = cfg.train
+    accelerator = make_accelerator(tc)
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    run = ws.run_dir(run_name or f"budget-{budget}")
+    if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
+        raise ConfigError("train.checkpoint_every and train.keep_checkpoints must be at least 1")
+
+    data = TrainData(ws, cfg, budget)
+    noise_scheduler = schedules.training_scheduler(cfg.diffusion)
+    torch.manual_seed(tc.seed)  # same initial weights on every rank
+    channels, size = data.latent_shape[0], data.latent_shape[1]
+    unet = build_unet(cfg, cross_attention_dim=data.width, latent_channels=channels, sample_size=size)
+    if tc.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=tc.warmup_steps)
+    ema = EMAModel(unet.parameters(), decay=tc.ema_decay) if tc.ema else None
+
+    start = 0
+    checkpoint = latest_checkpoint(run) if resume else None
+    if checkpoint is not None:
+        check_resumable(run, cfg)
+        state = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler)
+        start = int(state["step"])
+        if state.get("world_batch") != tc.batch_size * world:
+            warn(f"{checkpoint}: saved with a global batch of {state.get('world_batch')}, now {tc.batch_size * world}")
+        info(f"resuming {run.name} from step {start}")
+    vae = load_vae(data.vae_source).eval()
+    if main:
+        write_run_skeleton(run, cfg, data, vae, noise_scheduler)
+        truncate_loss_log(run / "logs" / "loss.csv", start)
+    accelerator.wait_for_everyone()
+
+    unet, optimizer = accelerator.prepare(unet, optimizer)  # DDP wrap; the LR schedule is stepped by hand
+    if ema is not None:
+        ema.to(accelerator.device)
+    raw_unet = accelerator.unwrap_model(unet)
+    writer = make_writer(run, start) if main else None
+    manifest_name = "manifest.json" if main else f"logs/manifest-rank{rank}.json"
+    step_times, loss, results = [], float("nan"), {}
+    with recording("train", run, config=cfg, seeds={"train": tc.seed}, filename=manifest_name) as manifest, \
+            MemoryMeter(accelerator.device) as memory:
+        manifest.add_input(data.store.path / "tiles.parquet", "latents")
+        manifest.results.update(budget=budget, unet_parameters=count_parameters(raw_unet), world_size=world,
+                                global_batch=tc.batch_size * tc.grad_accum * world, resumed_from=start or None,
+                                train_tiles=len(data.train_ids))
+        unet.train()
+        for step in range(start, tc.steps):
+            t0 = time.perf_counter()
+            # ---- accumulate gradients over micro-batches (DDP syncs only on the last one)
+            total = torch.zeros((), device=accelerator.device)
+            for micro in range(tc.grad_accum):
+                batch = data.batch(step, micro, rank, world, noise_scheduler)
+                if tc.log_samples:
+                    log_samples(run, rank, step, micro, batch.tile_ids)
+                sync = accelerator.no_sync(unet) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
+                with sync:
+                    micro_loss = diffusion_loss(unet, batch, noise_scheduler, accelerator, tc) / tc.grad_accum
+                    accelerator.backward(micro_loss)
+                total += micro_loss.detach()
+            loss = float(accelerator.reduce(total, reduction="mean"))
+            # ---- a non-finite loss ends the run before it can touch the weights or checkpoints
+            if not math.isfinite(loss):
+                last = latest_checkpoint(run)
+                raise HistosynthError(f"{run}: loss is {loss} at step {step + 1}; stopped. Last good checkpoint: "
+                                      f"{last or 'none'} (lower train.lr, enable train.grad_clip, or check the latents)")
+            # ---- update weights
+            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), tc.grad_clip) if tc.grad_clip else None
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.step(raw_unet.parameters())
+            done = step + 1
+            step_times.append(time.perf_counter() - t0)
+            # ---- log, validate, save
+            if main:
+                log_step(run, writer, done, loss, lr_scheduler.get_last_lr()[0], grad_norm)
+            if tc.validate_every and done % tc.validate_every == 0 and done < tc.steps:
+                validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, done)
+            if done % tc.checkpoint_every == 0 or done == tc.steps:
+                save_all(run, done, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc)
+        accelerator.wait_for_everyone()
+        results = heldout_losses(ema_or(raw_unet, ema), data, noise_scheduler, accelerator, tc)
+        validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, tc.steps)
+        timed = step_times[WARMUP_STEPS_UNTIMED:] or step_times
+        step_time = statistics.median(timed) if timed else float("nan")
+        results.update(step_time_s=step_time, samples_per_s=tc.batch_size * tc.grad_accum * world / step_time,
+                       final_loss=loss, steps=tc.steps, timed_steps=len(timed))
+        manifest.results.update(results)
+    manifest_path = run / manifest_name
+    memory_results = memory.results()
+    if main:  # memory is known only once the meter stops; add it to the manifest just written
+        data_out = read_json(manifest_path)
+        data_out["results"].update(memory_results)
+        write_json(manifest_path, data_out)
+        writer.close()
+        info(f"{run.name}: loss {loss:.4f}; held-out {results['heldout_loss']:.4f} vs predict-zero "
+             f"{results['heldout_zero_baseline']:.4f}; {step_time:.3f} s/step; peak memory "
+             f"{memory_results['peak_memory_bytes'] / 2**20:.0f} MiB ({memory_results['memory_kind']})")
+    return run
+
+
+def ema_or(unet, ema):
+    return ema_unet(unet, ema).to(next(unet.parameters()).device) if ema is not None else unet
+
+
+def save_all(run, step, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc) -> None:
+    """Checkpoint, then refresh the run's top-level unet/ (and unet_ema/) for sampling."""
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        extra = {"world_batch": tc.batch_size * accelerator.num_processes, "seed": tc.seed}
+        save_checkpoint(run, step, raw_unet, ema, optimizer, lr_scheduler, extra, keep=tc.keep_checkpoints)
+        save_unet(raw_unet, run / "unet")
+        if ema is not None:
+            save_unet(ema_unet(raw_unet, ema), run / "unet_ema")
+    accelerator.wait_for_everyone()
+
+
+def validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, step) -> None:
+    if not accelerator.is_main_process or cfg.train.validation_images == 0:
+        return
+    was_training = raw_unet.training
+    grid = validation_grid(ema_or(raw_unet, ema).eval(), vae, data, cfg, accelerator.device)
+    raw_unet.train(was_training)
+    save_png(run / "samples" / "validation" / f"step-{step}.png", grid, {"synthetic": "true", "step": str(step)})
+    writer.add_image("validation", grid, step, dataformats="HWC")
+
+
+def make_writer(run: Path, start: int):
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run / "logs"), purge_step=start + 1 if start else None)
+
+
+def truncate_loss_log(path: Path, step: int) -> None:
+    """After a resume from step k, rows logged past k by the killed run are dropped (they repeat)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    keep = [lines[0]] + [ln for ln in lines[1:] if int(ln.split(",")[0]) <= step]
+    path.write_text("\n".join(keep) + "\n")
+
+
+def log_step(run: Path, writer, step: int, loss: float, lr: float, grad_norm) -> None:
+    path = run / "logs" / "loss.csv"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("step,loss,lr,grad_norm\n")
+    norm = float(grad_norm) if grad_norm is not None else float("nan")
+    with open(path, "a") as f:
+        f.write(f"{step},{loss:.8g},{lr:.6g},{norm:.6g}\n")
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", lr, step)
+
+
+def log_samples(run: Path, rank: int, step: int, micro: int, tile_ids: list[int]) -> None:
+    path = run / "logs" / f"samples-rank{rank}.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"{step + 1} {micro} " + " ".join(map(str, tile_ids)) + "\n")

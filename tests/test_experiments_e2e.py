@@ -1,0 +1,80 @@
+"""The demo and the ablation end to end, at smoke scale on the built-in sample."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from histosynth.experiments.ablate import run_ablation
+from histosynth.experiments.demo import run_demo
+from histosynth.workspace import Workspace
+
+# A handful of steps everywhere: these tests check the wiring, not the model.
+SMOKE = (
+    "slides.size=32",
+    "vae.steps=10",
+    "train.steps=6",
+    "train.checkpoint_every=6",
+    "train.validation_images=0",
+    "sample.steps=4",
+)
+STAGES = ["tile", "reports", "summarize", "embed", "train-vae", "encode", "train", "sample", "sample-prompts", "evaluate"]
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    html = run_demo(out, overrides=SMOKE)
+    return out, html
+
+
+def test_demo_writes_an_honest_report(demo_out):
+    out, html = demo_out
+    page = html.read_text()
+    assert html == out / "report" / "index.html"
+    assert "Smoke-scale CPU model" in page
+    assert "Real vs generated" in page and "Samples per prompt" in page and "Training loss" in page
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert [s["name"] for s in results["stages"]] == STAGES
+    assert all(s["wall_time_s"] >= 0 and s["rss_peak_bytes"] > 0 for s in results["stages"])
+    metrics = results["metrics"]
+    assert metrics["computed"], "the weight-free metrics are always computed"
+    for name in metrics["skipped"]:  # each skipped metric is named in the report with its reason
+        assert name in page
+    assert len(results["images"]["prompts"]) == 2  # the sample's two distinct texts: IHC and haematoxylin-only
+    overview = Image.open(out / "report" / "overview.png")
+    assert overview.size[0] >= 800
+
+
+def test_demo_rerun_skips_finished_stages(demo_out):
+    out, html = demo_out
+    t0 = time.perf_counter()
+    run_demo(out, overrides=SMOKE)
+    assert time.perf_counter() - t0 < 30
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert {s["status"] for s in results["stages"]} == {"resumed"}
+
+
+def test_ablation_smoke_resumes_per_cell(demo_out):
+    out, _ = demo_out
+    ws = Workspace(out / "workspace")
+    cfg = ws.config(overrides=["train.steps=4", "train.checkpoint_every=4"])
+    table_csv = run_ablation(ws, cfg, budgets=[20, 35], seeds=1, n_samples=4)
+    table = pd.read_csv(table_csv)
+    assert list(table["budget"]) == [20, 35]
+    assert (table["mean_tokens_mean"] <= table["budget"]).all()
+    assert (table["peak_train_memory_mib_mean"] > 0).all() and (table["step_time_s_mean"] > 0).all()
+    assert table["stain_distance_mean"].notna().all()
+    folder = table_csv.parent
+    for name in ("table.md", "metrics_vs_budget.png", "memory_vs_budget.png", "cells.csv"):
+        assert (folder / name).exists()
+    marker = folder / "budget-20" / "seed-0" / "result.json"
+    stamp = marker.stat().st_mtime_ns
+    t0 = time.perf_counter()
+    run_ablation(ws, cfg, budgets=[20, 35], seeds=1, n_samples=4)
+    assert marker.stat().st_mtime_ns == stamp  # finished cells are not redone
+    assert time.perf_counter() - t0 < 30

@@ -1,0 +1,201 @@
+"""Train stage on real CMU-1 tiles: learning beats predict-zero, exact resume after a kill,
+two-process DDP equals one process at twice the batch, bf16 autocast, NaN stop, diffusers loading."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from histosynth.config import load_config
+from histosynth.console import HistosynthError
+from histosynth.workspace import Workspace
+from test_latents import TILE, tiles_template  # noqa: F401  (session fixture: real tiles + embeddings)
+
+# A 1 M-parameter U-Net on 16 x 16 x 4 latents: seconds per test on one thread.
+SMALL = ["unet.block_out_channels=[32,64]", "unet.cross_attention_levels=[false,true]", "unet.layers_per_block=1",
+         "train.batch_size=8", "train.lr=1e-3", "train.warmup_steps=2", "train.validation_images=2",
+         "sample.steps=3", "train.heldout_tiles=16"]
+
+
+@pytest.fixture(scope="session")
+def encoded_template(tiles_template, tmp_path_factory):  # noqa: F811
+    """Real tiles, embeddings, a random f=4 VAE with its data scaling factor, cached latents."""
+    from histosynth.latents.encode import encode_workspace
+    from histosynth.latents.vae import build_vae, latent_std
+    from histosynth.slides.store import TileStore
+
+    root = tmp_path_factory.mktemp("encoded") / "ws"
+    shutil.copytree(tiles_template, root)
+    ws, cfg = Workspace(root), load_config("tiny-cpu", overrides=["vae.dihedral_check_tiles=0"])
+    torch.manual_seed(0)
+    vae = build_vae(cfg.vae, sample_size=TILE)
+    vae.register_to_config(scaling_factor=1.0 / latent_std(vae, TileStore(ws), list(range(16))))
+    vae.save_pretrained(ws.vae_dir)
+    encode_workspace(ws, cfg)
+    return root
+
+
+@pytest.fixture
+def ws(encoded_template, tmp_path):
+    shutil.copytree(encoded_template, tmp_path / "ws")
+    return Workspace(tmp_path / "ws")
+
+
+def config(*extra):
+    return load_config("tiny-cpu", overrides=SMALL + list(extra))
+
+
+def losses(run: Path) -> list[float]:
+    with open(run / "logs" / "loss.csv") as f:
+        return [float(row["loss"]) for row in csv.DictReader(f)]
+
+
+def results(run: Path) -> dict:
+    return json.loads((run / "manifest.json").read_text())["results"]
+
+
+def test_short_run_beats_predict_zero_and_loads_with_diffusers(ws):
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+
+    from histosynth.train.trainer import train
+
+    run = train(ws, config("train.steps=40", "train.checkpoint_every=20", "train.keep_checkpoints=1"), budget=35)
+    res = results(run)
+    assert res["heldout_split"] == "test"
+    assert res["heldout_loss"] < 0.6 * res["heldout_zero_baseline"]  # clearly better than predicting zeros
+    assert res["memory_kind"] == "cpu-rss-above-baseline" and res["peak_memory_bytes"] > 0
+    assert res["step_time_s"] > 0 and res["samples_per_s"] > 0
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-40"]  # the last K=1 kept
+    for folder in (run / "unet", run / "unet_ema", run / "checkpoints" / "step-40" / "unet"):
+        unet = UNet2DConditionModel.from_pretrained(folder)
+        assert unet.config.cross_attention_dim == 384
+    assert AutoencoderKL.from_pretrained(run / "vae").config.scaling_factor != 0.18215
+    assert DDPMScheduler.from_pretrained(run / "scheduler").config.beta_schedule == "scaled_linear"
+    index = json.loads((run / "model_index.json").read_text())
+    assert set(index) >= {"unet", "unet_ema", "vae", "scheduler"}
+    assert json.loads((run / "text_encoder.json").read_text())["context_length"] == 16
+    assert (run / "samples" / "validation" / "step-40.png").exists()
+
+
+def test_killed_and_resumed_run_repeats_the_loss_curve(ws, monkeypatch):
+    from histosynth.train import trainer
+
+    cfg = config("train.steps=6", "train.checkpoint_every=3")
+    whole = losses(trainer.train(ws, cfg, budget=35, run_name="whole"))
+
+    real_log = trainer.log_step
+
+    def dies_at_step_5(run, writer, step, *args):
+        if step == 5:
+            raise KeyboardInterrupt  # killed after step 5's update, with step 4 logged past the checkpoint
+        real_log(run, writer, step, *args)
+
+    monkeypatch.setattr(trainer, "log_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(ws, cfg, budget=35, run_name="killed")
+    assert len(losses(ws.run_dir("killed"))) == 4
+    monkeypatch.setattr(trainer, "log_step", real_log)
+    resumed = trainer.train(ws, cfg, budget=35, run_name="killed")
+    assert results(resumed)["resumed_from"] == 3
+    assert losses(resumed) == whole  # bit-identical on the CPU
+    from safetensors.torch import load_file
+
+    a = load_file(ws.run_dir("whole") / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    b = load_file(resumed / "unet_ema" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bf16_autocast_on_cpu_and_v_prediction_min_snr(ws):
+    from histosynth.train.trainer import train
+
+    run = train(ws, config("train.steps=3", "train.mixed_precision=fp16", "diffusion.prediction_type=v_prediction",
+                           "train.min_snr_gamma=5.0", "train.grad_accum=2"), budget=35)
+    curve = losses(run)
+    assert len(curve) == 3 and all(0 < x < 10 for x in curve)
+    from safetensors.torch import load_file
+
+    weights = load_file(run / "unet" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}  # master weights stay fp32
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(ws, monkeypatch):
+    from histosynth.train import trainer
+
+    real_loss = trainer.diffusion_loss
+    calls = {"n": 0}
+
+    def goes_nan(*args):
+        calls["n"] += 1
+        return real_loss(*args) * (float("nan") if calls["n"] == 3 else 1.0)
+
+    monkeypatch.setattr(trainer, "diffusion_loss", goes_nan)
+    with pytest.raises(HistosynthError, match=r"loss is nan at step 3; stopped. Last good checkpoint: .*step-2"):
+        trainer.train(ws, config("train.steps=6", "train.checkpoint_every=2"), budget=35)
+    run = ws.run_dir("budget-35")
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-2"]
+    assert json.loads((run / "manifest.json").read_text())["status"] == "failed"
+
+
+def test_two_process_ddp_matches_one_process_at_twice_the_batch(ws):
+    from histosynth.train.trainer import train
+
+    common = ["train.steps=3", "train.checkpoint_every=3", "train.log_samples=true", "train.validation_images=0"]
+    single = train(ws, config("train.batch_size=8", *common), budget=35, run_name="single")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    histosynth = str(Path(sys.executable).with_name("histosynth"))
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port),
+           histosynth, "-q", "train", "-w", str(ws.root), "--budget", "35", "--name", "ddp",
+           *[a for item in SMALL + common + ["train.batch_size=4"] for a in ("--set", item)]]
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = ws.run_dir("ddp")
+    assert results(ddp)["world_size"] == 2 and results(ddp)["global_batch"] == 8
+    assert losses(ddp) == pytest.approx(losses(single), rel=1e-4)
+
+    def seen(run, rank):
+        return [line.split()[2:] for line in (run / "logs" / f"samples-rank{rank}.txt").read_text().splitlines()]
+
+    for step, (r0, r1, one) in enumerate(zip(seen(ddp, 0), seen(ddp, 1), seen(single, 0))):
+        assert not set(r0) & set(r1) and len(r0) == len(r1) == 4  # disjoint halves
+        assert r0 + r1 == one  # together exactly the single process's batch
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("HISTOSYNTH_SLOW") != "1", reason="pathldm U-Net (400 M parameters); HISTOSYNTH_SLOW=1")
+def test_pathldm_unet_one_step_at_batch_1():
+    import time
+
+    from histosynth.manifest import PeakMemory
+    from histosynth.train.unet import build_unet, count_parameters
+
+    cfg = load_config("pathldm")
+    unet = build_unet(cfg, cross_attention_dim=512, latent_channels=3, sample_size=64)
+    n = count_parameters(unet)
+    assert 390e6 < n < 410e6
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.train.lr)
+    x, ctx = torch.randn(1, 3, 64, 64), torch.randn(1, 154, 512)
+    times = []
+    with PeakMemory() as mem:
+        for _ in range(2):  # the second step is the warm one
+            t0 = time.perf_counter()
+            loss = unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample.pow(2).mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - t0)
+    print(f"pathldm U-Net: {n} parameters; warm step {times[-1]:.1f} s; "
+          f"peak RSS above baseline {(mem.peak - mem.baseline) / 2**30:.2f} GiB")
+    assert torch.isfinite(loss)
