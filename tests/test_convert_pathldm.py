@@ -353,6 +353,22 @@ def test_run_folder_contract(converted):
     assert results["parameters"]["text_encoder"] == sum(p.numel() for p in _clip_params(converted))
 
 
+@torch.no_grad()
+def test_train_stage_builds_the_same_unet(converted):
+    """`histosynth train` rebuilds the U-Net from histosynth.yaml: the converted weights must fit it."""
+    from diffusers import UNet2DConditionModel
+
+    from histosynth.config import load_config
+    from histosynth.train.unet import build_unet
+
+    cfg = load_config(file=converted["run"] / "histosynth.yaml")
+    rebuilt = build_unet(cfg, cross_attention_dim=64, latent_channels=3, sample_size=16).eval()
+    unet = UNet2DConditionModel.from_pretrained(converted["run"] / "unet").eval()
+    rebuilt.load_state_dict(unet.state_dict(), strict=True)
+    x, t, context = torch.randn(1, 3, 16, 16), torch.tensor([250]), torch.randn(1, 154, 64)
+    torch.testing.assert_close(rebuilt(x, t, context).sample, unet(x, t, context).sample, atol=ATOL, rtol=0)
+
+
 def _clip_params(converted):
     from transformers import CLIPTextModel
 
@@ -425,6 +441,8 @@ def test_cli_refuses_untrusted_pickle_in_one_line(converted, tmp_path):
 def test_full_size_pathldm_unet():
     """PathLDM's real U-Net size (about 401 M parameters): converts, loads strictly, same output."""
     import time
+
+    from diffusers import UNet2DConditionModel  # noqa: F401 - import once, outside the timing
 
     from histosynth.convert.pathldm import convert_unet
     from histosynth.manifest import PeakMemory

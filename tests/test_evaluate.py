@@ -184,3 +184,21 @@ def test_pytorch_fid_stats_file_as_real(random_inception, tmp_path):
                       inception_weights=random_inception, allow_unverified_weights=True)
     assert np.isfinite(report["metrics"]["fid"])
     assert "inception" in report["skipped"]["kid"] and "hed_stats" in report["skipped"]["stain"]
+
+
+def test_cli(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from histosynth.cli import app
+
+    ws, tiles = make_workspace(tmp_path / "ws")
+    fakes = fake_folder(tmp_path / "fake", tiles[:14])
+    monkeypatch.delenv(inc.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    result = CliRunner().invoke(app, ["evaluate", "--real", f"{ws}:test", "--fake", str(fakes),
+                                      "--metrics", "stain,memorization", "--crop", "32"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "fake-eval" / "eval.json").read_text())
+    assert set(report["metrics"]) == {"stain", "memorization"} and "32x32" in report["protocol"]["crop"]
+    result = CliRunner().invoke(app, ["evaluate", "--real", f"{ws}:test", "--fake", str(fakes), "--metrics", "fid"])
+    assert result.exit_code != 0 and isinstance(result.exception, inc.InceptionWeightsMissing)

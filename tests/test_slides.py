@@ -247,6 +247,22 @@ def test_shards_then_merge_equal_one_run(sample_ws, sample_dir, tmp_path):
     cols = ["tile_id", "slide_id", "x", "y", "tissue"]
     pd.testing.assert_frame_equal(read_index(ws)[cols], read_index(ws_full)[cols])
 
+    shared, cfg = make_ws(tmp_path / "shared")   # array jobs writing into one workspace
+    for k in range(2):
+        tile_slides(shared, cfg, [sample_dir / "slides"], shard=(k, 2))
+    merge_workspaces(shared, cfg, [])
+    pd.testing.assert_frame_equal(read_index(shared)[cols], read_index(ws_full)[cols])
+
+
+def test_shard_flag():
+    from histosynth.config import ConfigError
+    from histosynth.slides.cli import parse_shard
+
+    assert parse_shard("3/8") == (3, 8) and parse_shard(None) is None
+    for bad in ("8/8", "1", "a/b", "-1/2"):
+        with pytest.raises(ConfigError):
+            parse_shard(bad)
+
 
 def test_parallel_workers_match_serial(sample_ws, sample_dir, tmp_path):
     ws_full, _, _ = sample_ws

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -93,14 +92,14 @@ def test_paper_prompt_two_turns_capped(tok):
     assert row["prompt_version"] == "paper" and row["summary"] == GOOD and row["findings"] == ["ductal carcinoma", "grade 2"]
 
 
-def test_redaction_only_for_remote_servers(tok):
+def test_redaction_only_for_remote_servers(tok, monkeypatch):
     text, counts = redact("Patient: Jane Doe. MRN: 12345678. Seen 03/14/2019, call (555) 123-4567. Grade 2.")
     assert "Jane" not in text and "12345678" not in text and "03/14/2019" not in text and "555" not in text
     assert counts == {"name": 1, "record_number": 1, "date": 1, "phone": 1} and "Grade 2." in text
     with ScriptedServer() as server:
         assert not summarizer(server, tok).redacting  # 127.0.0.1 is local
     cfg = load_config(overrides=["summaries.base_url=https://llm.example.org/v1"])
-    os.environ.setdefault("OPENAI_API_KEY", "sk-test-not-used")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used")
     assert LLMSummarizer(cfg.summaries, tok, 35).redacting
 
 

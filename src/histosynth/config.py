@@ -41,7 +41,7 @@ class SlidesConfig(Section):
     assume_mpp: float | None = Field(None, gt=0)  # mpp for slides whose metadata has none
     workers: int = Field(1, ge=1)              # slides tiled in parallel (processes)
     compression: Literal["gzip", "lzf", "none"] = "gzip"  # HDF5 compression of the tile pixels
-    gzip_level: int = Field(4, ge=1, le=9)     # 1 fastest ... 9 smallest (h5py's default is 4)
+    gzip_level: int = Field(1, ge=1, le=9)     # 1 fastest; H&E tiles shrink to ~0.65 at 1 and at 9 alike
     threads: int = Field(2, ge=1)              # reader threads within one slide (region reads, resizing)
     mpp_tolerance: float = Field(0.05, ge=0, lt=0.5)  # relative mpp mismatch read as is, without resizing
 

@@ -329,8 +329,10 @@ def convert_pathldm(
         raise HistosynthError(f"{out}: folder exists and is not empty; choose a new --out")
     if not ckpt.is_file():
         raise HistosynthError(f"{ckpt}: checkpoint not found")
+    if text_encoder and Path(text_encoder).is_dir():
+        text_encoder = str(Path(text_encoder).resolve())  # the run must find it from any working directory
     encoder = text_encoder or "text_encoder"
-    cfg = histosynth_config(params, str(out / "text_encoder") if not text_encoder else text_encoder, out / "vae")
+    cfg = histosynth_config(params, text_encoder or str(out / "text_encoder"), out / "vae")
     with recording("convert-pathldm", out, config=cfg) as manifest:
         info(f"hashing {ckpt.name}")
         source = {"file": ckpt.name, "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size,
@@ -379,7 +381,7 @@ def convert_pathldm(
             text_encoder=encoder,
         )
     for kind, keys in sorted(ignored.items()):
-        info(f"ignored {len(keys)} {kind} keys (e.g. {keys[0]})")
+        info(f"ignored {len(keys)} keys of {kind} (e.g. {keys[0]})")
     info(f"converted {', '.join(f'{k} {v / 1e6:.1f} M' for k, v in parameters.items())} parameters into {out}")
     return manifest.results
 

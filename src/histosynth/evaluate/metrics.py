@@ -3,7 +3,7 @@
 The Frechet distance equals pytorch-fid's `calculate_frechet_distance` (tested to 1e-6 relative)
 but takes tr sqrt(S1 S2) from the eigenvalues of sqrt(S1) S2 sqrt(S1), which is symmetric: 3-6x
 faster than scipy's sqrtm at 2048-d and free of its complex round-off on the singular
-covariances of small sets.
+covariances of small sets; with fewer generated images than dimensions it is an n x n problem.
 """
 
 from __future__ import annotations

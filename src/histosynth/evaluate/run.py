@@ -28,8 +28,8 @@ INCEPTION_METRICS = {"fid", "kid", "pr"}
 PR_K = 3
 CACHE_DIR = "eval-cache"   # under a workspace: real-set statistics shared by every run's evaluation
 IMPLEMENTATIONS = {
-    "fid": "Frechet distance of pool3 Gaussians; equals pytorch_fid.fid_score.calculate_frechet_distance "
-           "(eigenvalue form of tr sqrt(S1 S2))",
+    "fid": "Frechet distance of pool3 Gaussians (np.cov); equals pytorch_fid.fid_score.calculate_frechet_distance "
+           "to 1e-6 (eigenvalue form of tr sqrt(S1 S2), low-rank when n_fake < 2048)",
     "kid": "unbiased MMD^2, cubic polynomial kernel k(x,y)=(x.y/d+1)^3, 100 subsets of min(1000, n_real, n_fake)",
     "pr": f"improved precision/recall, k-NN manifolds with k={PR_K} (Kynkaanniemi et al. 2019) on pool3 features",
     "stain": "skimage.color.rgb2hed (Ruifrok-Johnston); per-channel W1 of pooled pixels, "

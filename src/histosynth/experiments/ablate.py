@@ -63,6 +63,8 @@ def run_ablation(
     """Run (or resume) every (budget, seed) cell, then write the table and plots; returns table.csv."""
     out = ablation_dir(ws)
     budgets, seeds = [int(b) for b in budgets], seed_list(seeds)
+    ws.require(ws.tile_index_path, "tile")  # the ablation starts from a tiled workspace with reports
+    ws.require(ws.reports_path, "reports")
     # Every training process reads exactly this config (a full dump, merged over the workspace's).
     config_file = out / "histosynth.yaml"
     write_text(config_file, to_yaml(cfg))

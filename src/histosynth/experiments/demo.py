@@ -48,6 +48,11 @@ class StageClock:
         self.fingerprint = hashlib.sha256((to_yaml(cfg) + "\n".join(inputs)).encode()).hexdigest()[:16]
         self.records: list[dict[str, Any]] = []
 
+    def changed(self, name: str) -> bool:
+        """True when an earlier demo finished this stage with another config (start it afresh)."""
+        marker = self.folder / f"{name}.json"
+        return marker.exists() and read_json(marker).get("fingerprint") != self.fingerprint
+
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
         marker = self.folder / f"{name}.json"
         if marker.exists():
@@ -109,7 +114,8 @@ def run_demo(out: str | Path, slides: Sequence[str | Path] | None = None, report
     stage("embed", lambda: embed_workspace(ws, cfg, budget))
     stage("train-vae", lambda: train_vae(ws, cfg))
     stage("encode", lambda: encode_workspace(ws, cfg))
-    stage("train", lambda: train(ws, cfg, budget, run_name=RUN_NAME))
+    # An interrupted run resumes from its checkpoint; one finished with another config starts over.
+    stage("train", lambda: train(ws, cfg, budget, run_name=RUN_NAME, resume=not stage.changed("train")))
     n_test = min(GRID_TILES, len(test_tile_ids(ws)))
     stage("sample", lambda: sample_run(run_dir, prompts=None, n=n_test, from_summaries=True, split="test",
                                         seed=cfg.sample.seed, out_dir=samples_dir))

@@ -23,19 +23,19 @@ FLAGS = re.IGNORECASE
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str                 # "type", "grade", "dcis", "lvi", "necrosis", ... (see FINDERS)
+    kind: str                 # "type", "grade", "dcis", "lvi", "necrosis", ... (see find_findings)
     forms: tuple[str, ...]    # complete renderings, longest first
 
 
 # ---- negation and context ---------------------------------------------------------------------
 _NEG_BEFORE = re.compile(
-    r"\b(?:no|not|without|negative\s+for|free\s+of|absence\s+of|absent|rule\s+out|r/o|neg)\b"
-    r"(?:[^\w.]+\w+){0,5}[^\w.]*$", FLAGS)  # the cue and the mention in one sentence
+    r"\b(?:no\b\.?|not\b|without\b|negative\s+for\b|free\s+of\b|absence\s+of\b|rule\s+out\b|r/o\b|neg\b)"
+    r"(?:[^\w.]+\w+){0,5}[^\w.]*$", FLAGS)  # cue and mention in one sentence (OCR: "No. angiolymphatic")
 _NEG_AFTER = re.compile(
     r"^\W{0,4}(?:(?:is|are|was|were)\s+)?(?:not\s+(?:identified|seen|present|detected|"
     r"found|evident|noted)|absent|negative|none\b|no\b(?!\s+\w))|^\s*:\s*no\b", FLAGS)  # within the sentence
+_EMPTY_FIELD = re.compile(r"^\s*:\s*[A-Z][A-Z ,'/-]*:")  # "ANGIOLYMPHATIC INVASION: CALCIFICATION:"
 _UNKNOWN_AFTER = re.compile(
-    r"^\s*:\s*[A-Z][A-Z ,'/-]*:|"  # a checklist heading left empty ("ANGIOLYMPHATIC INVASION: CALCIFICATION:")
     r"^\W{0,4}(?:\w+\W+)?(?:not\s+(?:specified|applicable|assessed|stated)|cannot\s+be\s+(?:determined|assessed)|"
     r"indeterminate|n/a|unknown)", FLAGS)
 _IN_SITU_AFTER = re.compile(r"^\W{0,3}in[\s.-]*situ", FLAGS)
@@ -60,12 +60,13 @@ def is_negated(text: str, start: int, end: int) -> bool:
     return bool(_NEG_BEFORE.search(_clause_before(text, start)) or _NEG_AFTER.search(_after(text, end)))
 
 
-_CHECKLIST_HEADING = re.compile(r"^\s*(?:\([^)]{0,30}\)\s*)*\((?:select|check)", FLAGS)
+_CHECKLIST_HEADING = re.compile(r"^[\s)]*(?:\([^)]{0,30}\)\s*)*\((?:select|check)", FLAGS)
 
 
 def is_unknown(text: str, end: int) -> bool:
     """Not stated: "not specified", an empty checklist field, or a checklist heading."""
-    return bool(_UNKNOWN_AFTER.search(_after(text, end)) or _CHECKLIST_HEADING.search(text[end:end + 80]))
+    after = _after(text, end)
+    return bool(_UNKNOWN_AFTER.search(after) or _EMPTY_FIELD.search(after) or _CHECKLIST_HEADING.search(text[end:end + 80]))
 
 
 # ---- histologic types -------------------------------------------------------------------------
@@ -121,6 +122,7 @@ BREAST_TYPES = {"ductal carcinoma", "lobular carcinoma"}  # written "invasive ..
 
 
 _CLINICAL = re.compile(r"\w*inical\W+(?:diagnosis|history|information)|pre[\s-]*op\w*\W+diagnosis|indication", FLAGS)
+_REPORTED_BEFORE = re.compile(r"\b(?:showed|history\s+of|prior|previous(?:ly)?)\b[^.;:]*$", FLAGS)  # "Core bx. showed"
 
 
 def find_types(text: str) -> list[str]:
@@ -140,7 +142,7 @@ def find_types(text: str) -> list[str]:
             taken.append((s, e))
             if _IN_SITU_AFTER.search(text[e:e + 12]) or is_negated(text, s, e):
                 continue
-            if _CLINICAL.search(text[max(0, s - 80):s]):
+            if _CLINICAL.search(text[max(0, s - 80):s]) or _REPORTED_BEFORE.search(text[max(0, s - 40):s]):
                 continue
             counts[name] += 1
             first.setdefault(name, s)
@@ -293,7 +295,7 @@ def _status_finding(text: str, pattern: re.Pattern, kind: str, present: tuple[st
 
 _DCIS = re.compile(rf"{DUCT}\W+carc\w*\W+in[\s.-]*situ|\bDCIS\b|\bintraductal\W+(?:carc\w*|component)", FLAGS)
 _LCIS = re.compile(r"\blobular\W+carc\w*\W+in[\s.-]*situ|\bLCIS\b", FLAGS)
-_LVI = re.compile(r"\b(?:lympho[\s-]*vascular|lymph[\s-]*vascular|angio[\s-]*lymphatic|vascular|lymphatic)"
+_LVI = re.compile(r"(?<!dermal\W)(?<![-\w])(?:lympho[\s-]*vascular|lymph[\s-]*vascular|angio[\s-]*lymphatic|vascular|lymphatic)"
                   r"(?:\W+space)?\W+(?:invasion|involvement)|\bLVI\b", FLAGS)
 _NECROSIS = re.compile(r"\bnecros[ie]s\b|\bcomedo\w*", FLAGS)
 _LYMPHO = re.compile(r"\b(?:(?P<q>mild|moderate|marked|brisk|prominent|dense|sparse|focal)\W+)?"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import TYPE_CHECKING
 
 from ..config import HistoSynthConfig
 from ..console import HistosynthError, info, make_progress, warn
@@ -19,6 +20,9 @@ from ..workspace import Workspace
 from .cache import SummaryCache, cache_key
 from .extractive import BACKEND_MODEL, PROMPT_VERSION, problems, summarize_report
 from .ingest import read_reports
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 COLUMNS = ("case_id", "budget", "summary", "n_tokens", "tokenizer", "backend", "model", "prompt_version",
            "attempts", "status", "findings")
@@ -48,10 +52,8 @@ def key_params(cfg: HistoSynthConfig, backend: str) -> dict:
 
 
 def summarize_workspace(ws: Workspace, cfg: HistoSynthConfig, budget: int, backend: str | None = None,
-                        refresh: bool = False, regenerate=()) -> "pd.DataFrame":  # noqa: F821
+                        refresh: bool = False, regenerate=()) -> pd.DataFrame:
     """Summarize every report at `budget` tokens; writes and returns `summaries/budget-<N>.parquet`."""
-    import pandas as pd
-
     backend = backend or cfg.summaries.backend
     if backend not in ("extractive", "openai"):
         raise HistosynthError(f"--backend {backend}: choose extractive or openai")

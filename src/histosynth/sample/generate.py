@@ -17,6 +17,7 @@ from ..console import HistosynthError, info, track, warn
 from ..fileio import read_json, write_text
 from ..imageio import contact_sheet, load_rgb, png_metadata, save_png
 from ..manifest import recording
+from ..schedules import SAMPLERS
 from .pipeline import HistoSynthPipeline, TextSettings, run_config
 
 METADATA_NAME = "metadata.jsonl"
@@ -51,6 +52,8 @@ def sample_run(
     batch_size = batch_size or defaults.batch_size
     if n < 1:
         raise HistosynthError(f"--n {n}: at least one image")
+    if sampler not in SAMPLERS:
+        raise HistosynthError(f"--sampler {sampler}: choose from {', '.join(SAMPLERS)}")
 
     pipe = HistoSynthPipeline.from_pretrained(run_dir, sampler=sampler)
     if from_summaries:
@@ -67,7 +70,7 @@ def sample_run(
     records = [{"file": f"{i:05d}.png", "index": i, "seed": seed + i, **cond, **common}
                for i, cond in enumerate(conditions)]
     with recording("sample", out, config=cfg, seeds={"seed": seed}) as manifest:
-        manifest.add_input(pipe.unet_dir, "unet")
+        manifest.inputs[str(pipe.unet_dir)] = pipe.checkpoint_hash
         todo = [r for r in records if not _already_written(out / r["file"], r)]
         if len(todo) < len(records):
             info(f"resuming: {len(records) - len(todo)} of {len(records)} images already written")

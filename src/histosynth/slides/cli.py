@@ -52,6 +52,8 @@ def tile(
     extra = [f"slides.{k}={v}" for k, v in flags.items() if v is not None]
     ws, cfg = workspace_config(workspace, preset, config, list(overrides) + extra)
     summary = tile_slides(ws, cfg, slides, scores_dir=scores, shard=parse_shard(shard))
+    info(f"{summary['tiled']} slides tiled ({summary['new_tiles']} tiles), {summary['skipped_finished']} already "
+         f"done, {len(summary['failed'])} failed, {len(summary['filtered_out'])} filtered out")
     if summary.get("total_tiles") is not None:
         info(f"{summary['index']}: {summary['total_tiles']} tiles from {summary['index_slides']} slides")
     elif summary["shard"]:

@@ -16,6 +16,7 @@ run leaves only `.tmp-*` files, which the next run of that slide deletes.
 from __future__ import annotations
 
 import os
+import sys
 import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -251,9 +252,13 @@ def _tile_slide_safely(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tile
 
 
 def _single_threaded_worker() -> None:
-    # Slides run in parallel processes: one BLAS/OpenMP thread each, or 2 cores get oversubscribed.
+    # Slides run in parallel processes: one BLAS/OpenMP/torch thread each, or the cores get
+    # oversubscribed (the env vars reach libraries loaded later; torch may come with a fork).
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 # ---- many slides ---------------------------------------------------------------------------------
@@ -273,7 +278,8 @@ def is_finished(path: Path, cfg: SlidesConfig) -> bool:
         return False
 
 
-def select_slides(paths: list[Path], cfg: SlidesConfig, shard: tuple[int, int] | None) -> tuple[list[SlideMeta], list[str]]:
+def select_slides(paths: list[Path], cfg: SlidesConfig,
+                  shard: tuple[int, int] | None) -> tuple[list[SlideMeta], list[str]]:
     """Apply the TCGA sample/slide type filters and the shard; returns (kept, skipped-with-reason)."""
     kept, skipped = [], []
     for path in paths:
@@ -298,12 +304,13 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
     With `shard=(k, n)` only the k-th of n slide subsets is tiled and the index is left to
     `histosynth tile-merge`, so that parallel jobs never write the same file.
     """
-    from .index import write_index
+    from .index import finished_slides, write_index
     from .scores import join_scores
 
     scfg = cfg.slides
     manifest_name = "manifest.json" if shard is None else f"manifest-shard-{shard[0]}-of-{shard[1]}.json"
-    with recording("tile", ws.tiles_dir, config=cfg, filename=manifest_name) as manifest:
+    with recording("tile", ws.tiles_dir, config=cfg, seeds={"split": cfg.split.seed},
+                   filename=manifest_name) as manifest:
         metas, filtered = select_slides(find_slides(slides), scfg, shard)
         for meta in metas:
             manifest.add_input(meta.path, name=meta.slide_id)  # sha256, or size + ends for big slides
@@ -319,7 +326,7 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
             "failed": failed, "filtered_out": filtered, "new_tiles": sum(r["tiles"] for r in tiled),
             "per_slide": tiled, "scored_slides": scored, "shard": list(shard) if shard else None,
         }
-        if shard is None and any(slides_dir(ws).glob("*.h5")):
+        if shard is None and finished_slides(ws):
             index = write_index(ws, cfg)
             summary.update(index=str(ws.tile_index_path), total_tiles=len(index),
                            index_slides=int(index["slide_id"].nunique()))

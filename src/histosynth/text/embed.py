@@ -56,7 +56,8 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
         }
         where = existing_rows(out, settings)
         todo = texts[~texts["text_hash"].isin(where)]
-        info(f"{len(texts)} unique condition texts for {len(tiles)} tiles; {len(where)} cached, {len(todo)} to encode")
+        info(f"{len(texts)} unique condition texts for {len(tiles)} tiles; "
+             f"{len(texts) - len(todo)} cached, {len(todo)} to encode")
         write_json(out / INFO_NAME, {**settings, "complete": False})
 
         t0 = time.perf_counter()
@@ -94,7 +95,10 @@ def tile_texts(index_path: Path, summaries_path: Path, template: str, levels: li
         raise HistosynthError(
             f"{index_path}: lacks column(s) {', '.join(lacking)} needed by text.template '{template}'"
         )
-    summaries = pd.read_parquet(summaries_path, columns=["case_id", "summary"]).dropna(subset=["summary"])
+    summaries = pd.read_parquet(summaries_path)
+    if not {"case_id", "summary"} <= set(summaries.columns):
+        raise HistosynthError(f"{summaries_path}: needs columns case_id and summary")
+    summaries = summaries.dropna(subset=["summary"])
     summary_of = dict(zip(summaries["case_id"], summaries["summary"]))
     missing = sorted(set(tiles["case_id"]) - set(summary_of))
     if missing and missing_summary != "empty":

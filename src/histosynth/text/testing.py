@@ -53,7 +53,6 @@ def save_random_clip(folder: str | Path, *, hidden: int = 32, layers: int = 2, h
 def save_random_open_clip(folder: str | Path, *, context_length: int = 128, width: int = 32, layers: int = 2,
                           heads: int = 4, seed: int = 0) -> Path:
     """A random open_clip CLIP (tiny image tower) in open_clip's local-dir format, e.g. CONCH-style context 128."""
-    import open_clip  # noqa: F401  (registers the model classes)
     import torch
     from open_clip.model import CLIP
     from safetensors.torch import save_file

@@ -36,15 +36,20 @@ TEXT_ENCODER_KEYS = ("encoder", "context_length", "long_context", "attend_paddin
 
 def make_accelerator(tc):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
+    # The state is a process-wide singleton; a second run in one process (tests, notebooks) may use
+    # another precision. The distributed PartialState is kept.
+    AcceleratorState._reset_state()
     cpu = not torch.cuda.is_available()
     precision = tc.mixed_precision
     if cpu and precision == "fp16":
         warn("train.mixed_precision=fp16 needs a GPU; using bf16 autocast on the CPU")
         precision = "bf16"
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
-    if cpu and "OMP_NUM_THREADS" not in os.environ:  # ranks share the cores; never oversubscribe
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // accelerator.num_processes))
+    if cpu and accelerator.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
+        # ranks share the cores: oversubscribed threads make CPU steps many times slower
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))))
     return accelerator
 
 
