@@ -34,12 +34,12 @@ def tile(
     mpp: Optional[float] = typer.Option(None, "--mpp", help="Target microns per pixel (default: preset's)."),
     size: Optional[int] = typer.Option(None, "--size", help="Tile edge in px at the target mpp."),
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Pixels shared by neighbouring tiles."),
-    min_tissue: Optional[float] = typer.Option(None, "--min-tissue", help="Keep tiles with this tissue fraction or more."),
+    min_tissue: Optional[float] = typer.Option(None, "--min-tissue", help="Keep tiles with this tissue share or more."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Slides tiled in parallel (processes)."),
-    assume_mpp: Optional[float] = typer.Option(None, "--assume-mpp", help="Level-0 um/px for slides without metadata."),
+    assume_mpp: Optional[float] = typer.Option(None, "--assume-mpp", help="Level-0 um/px, for slides without it."),
     scores: Optional[Path] = typer.Option(None, "--scores", help="Folder of wsinfer per-slide CSVs to join."),
-    sample_types: Optional[str] = typer.Option(None, "--sample-types", help="TCGA sample types to keep, e.g. 01 or 01,11."),
-    slide_types: Optional[str] = typer.Option(None, "--slide-types", help="TCGA slide types to keep, e.g. DX or TS,BS."),
+    sample_types: Optional[str] = typer.Option(None, "--sample-types", help="TCGA sample types to keep: 01 or 01,11."),
+    slide_types: Optional[str] = typer.Option(None, "--slide-types", help="TCGA slide types to keep: DX or TS,BS."),
     shard: Optional[str] = typer.Option(None, "--shard", help="K/N: tile only the K-th of N slide subsets (0-based)."),
 ) -> None:
     """Tile slides into HDF5 tiles + a Parquet index under WS/tiles (resumable)."""
