@@ -337,7 +337,8 @@ def test_run_folder_contract(converted):
     assert cfg.unet.block_out_channels == [32, 64, 96, 160]
     assert cfg.unet.cross_attention_levels == [False, True, True, True]
     assert cfg.unet.attention_head_dim is None and cfg.vae.kind == "vq" and cfg.vae.latent_channels == 3
-    assert (cfg.diffusion.beta_schedule, cfg.diffusion.beta_start, cfg.diffusion.beta_end) == ("scaled_linear", 0.0015, 0.0195)
+    diffusion = cfg.diffusion
+    assert (diffusion.beta_schedule, diffusion.beta_start, diffusion.beta_end) == ("scaled_linear", 0.0015, 0.0195)
     assert cfg.vae.pretrained == str(run / "vae") and cfg.slides.size == 64
     assert read_json(run / "scheduler/scheduler_config.json")["_class_name"] == "DDPMScheduler"
 
@@ -345,10 +346,10 @@ def test_run_folder_contract(converted):
     assert source["file"] == "epoch=000003.ckpt" and source["sha256"] == sha256_file(converted["ckpt"])
     manifest = read_json(run / "manifest.json")
     assert manifest["status"] == "ok" and manifest["results"]["source_checkpoint"] == source
-    # every model key converted; inception, schedule buffers and position_ids reported as ignored
+    # every model key converted but position_ids (checked, then reported with inception and the schedule)
     counts = manifest["results"]["converted_keys"]
-    assert sum(counts.values()) == sum(k.startswith(("model.", "first_stage_model.", "cond_stage_model."))
-                                       for k in converted["state"])
+    assert sum(counts.values()) + 1 == sum(k.startswith(("model.", "first_stage_model.", "cond_stage_model."))
+                                           for k in converted["state"])
     assert manifest["results"]["ignored_keys"] == {"inception": 2, "schedule buffers": 3, "text buffers": 1}
     assert results["parameters"]["text_encoder"] == sum(p.numel() for p in _clip_params(converted))
 
@@ -386,6 +387,26 @@ def test_leftover_and_missing_keys_are_errors(converted):
     del vq["quantize.embedding.weight"]
     with pytest.raises(HistosynthError, match="missing quantize.embedding.weight"):
         convert_vq(vq, params, 1.0)
+
+
+def test_text_encoder_option_and_absent_weights(converted, tmp_path):
+    from histosynth.convert.pathldm import convert_pathldm
+
+    results = convert_pathldm(converted["ckpt"], converted["yaml"], tmp_path / "given",
+                              text_encoder=str(converted["run"] / "text_encoder"))
+    assert read_json(tmp_path / "given" / "text_encoder.json")["encoder"] == str(converted["run"] / "text_encoder")
+    assert not (tmp_path / "given" / "text_encoder").exists()
+    assert results["ignored_keys"]["cond_stage_model (replaced by --text-encoder)"] == sum(
+        k.startswith("cond_stage_model.") for k in converted["state"])
+
+    # no text weights: the YAML's encoder is named; a scale_by_std buffer becomes the VQ scaling factor
+    state = {k: v for k, v in converted["state"].items() if not k.startswith("cond_stage_model.")}
+    torch.save({"state_dict": state | {"scale_factor": torch.tensor(0.5)}}, tmp_path / "no_text.ckpt")
+    results = convert_pathldm(tmp_path / "no_text.ckpt", converted["yaml"], tmp_path / "yaml_named")
+    assert read_json(tmp_path / "yaml_named" / "text_encoder.json")["encoder"] == "vinid/plip"
+    assert "vinid/plip" in (tmp_path / "yaml_named" / "histosynth.yaml").read_text()
+    assert read_json(tmp_path / "yaml_named" / "vae" / "config.json")["scaling_factor"] == 0.5
+    assert results["ignored_keys"] == {"inception": 2, "schedule buffers": 3}
 
 
 def test_schedule_mismatch_is_an_error(converted, tmp_path):

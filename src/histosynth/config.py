@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PRESETS = ("tiny-cpu", "pathldm", "rao-gupta")
 DEFAULT_PRESET = "tiny-cpu"
@@ -144,6 +144,11 @@ class TrainConfig(Section):
     validation_images: int = Field(8, ge=0)    # images in each validation grid
     heldout_tiles: int = Field(32, ge=1)       # fixed test-split batch for the held-out loss
     log_samples: bool = False                  # write each rank's tile ids per step to logs/ (debugging)
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value):
+        return "no" if value is False else value  # YAML reads `--set train.mixed_precision=no` as false
 
 
 class SampleConfig(Section):

@@ -10,12 +10,14 @@ import typer
 
 def convert_pathldm(
     ckpt: Path = typer.Argument(..., help="PathLDM Lightning checkpoint (.ckpt)."),
-    config: Path = typer.Option(..., "--config", help="PathLDM's YAML for this checkpoint (e.g. plip_imagenet_finetune.yaml)."),
+    config: Path = typer.Option(
+        ..., "--config", help="PathLDM's YAML for this checkpoint (e.g. plip_imagenet_finetune.yaml)."),
     out: Path = typer.Option(..., "--out", help="Run folder to create (must not exist or be empty)."),
     text_encoder: Optional[str] = typer.Option(
         None, "--text-encoder", help="Hub id or folder of the text encoder to use instead of the checkpoint's own."),
     trust_checkpoint: bool = typer.Option(
-        False, "--trust-checkpoint", help="Allow full unpickling (runs code from the file) when tensors-only loading fails."),
+        False, "--trust-checkpoint",
+        help="Allow full unpickling (runs code from the file) when tensors-only loading fails."),
 ) -> None:
     """Convert a PathLDM checkpoint into a run folder for `sample`, `evaluate` and `train`."""
     from .pathldm import convert_pathldm as run

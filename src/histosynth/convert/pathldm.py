@@ -53,7 +53,8 @@ def read_pathldm_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise HistosynthError(f"{path}: not a latent-diffusion config with model.params.unet_config, "
                               f"first_stage_config and cond_stage_config ({exc.__class__.__name__}: {exc})") from None
-    _require(path, params.get("conditioning_key") == "crossattn", "conditioning_key must be crossattn (text-conditioned)")
+    _require(path, params.get("conditioning_key") == "crossattn",
+             "conditioning_key must be crossattn (text-conditioned)")
     _require(path, params.get("parameterization", "eps") == "eps", "only eps-prediction models are supported")
     _require(path, params.get("beta_schedule", "linear") == "linear", "only the 'linear' beta schedule is supported")
     unet = params["unet_config"]["params"]
@@ -166,7 +167,8 @@ def histosynth_config(params: dict, encoder: str, vae_dir: Path) -> hs_config.Hi
         "text": {"encoder": encoder, "long_context": "chunked", "context_length": context_length(params),
                  "template": TEMPLATE, "levels": LEVELS, "attend_padding": True},
         "vae": {"pretrained": str(vae_dir), "kind": "vq", "block_out_channels": [dd["ch"] * m for m in dd["ch_mult"]],
-                "layers_per_block": dd["num_res_blocks"], "latent_channels": dd["z_channels"]},
+                "layers_per_block": dd["num_res_blocks"], "latent_channels": dd["z_channels"],
+                "num_vq_embeddings": params["first_stage_config"]["params"]["n_embed"]},
     }
     base = hs_config.load_config("pathldm").model_dump(mode="json")
     return hs_config.validate(hs_config.deep_merge(base, overrides), source="convert-pathldm")
@@ -179,6 +181,8 @@ def split_state(state: dict) -> tuple[dict[str, dict], dict[str, list[str]]]:
     groups: dict[str, dict] = {"unet": {}, "vae": {}, "text": {}}
     ignored: dict[str, list[str]] = {}
     for key, tensor in state.items():
+        if key == "scale_factor":  # LatentDiffusion's buffer (scale_by_std): read as the VQ scaling factor
+            continue
         for name, prefix in (("unet", UNET_PREFIX), ("vae", VAE_PREFIX), ("text", TEXT_PREFIX)):
             if key.startswith(prefix):
                 groups[name][key[len(prefix):]] = tensor
@@ -254,7 +258,8 @@ def clip_config(state: dict):
     vocab, width = state["embeddings.token_embedding.weight"].shape
     layers = {k.split(".")[2] for k in state if k.startswith("encoder.layers.")}
     if width % CLIP_HEAD_WIDTH:
-        raise HistosynthError(f"text encoder: width {width} is not a multiple of CLIP's {CLIP_HEAD_WIDTH}-channel heads")
+        raise HistosynthError(f"text encoder: width {width} is not a multiple of CLIP's "
+                              f"{CLIP_HEAD_WIDTH}-channel heads")
     return CLIPTextConfig(
         vocab_size=vocab,
         hidden_size=width,
@@ -274,23 +279,22 @@ def convert_clip(state: dict) -> tuple[Any, list[str]]:
     import torch
     from transformers import CLIPTextModel
 
-    inner = "transformer.text_model."
-    strip = lambda k: k[len(inner):] if k.startswith(inner) else None  # noqa: E731
-    plain = {strip(k): v for k, v in state.items() if strip(k) is not None}
+    inner = "transformer.text_model."  # FrozenCLIPEmbedder.transformer = CLIPTextModel (transformers 4.x)
+    plain = {k[len(inner):]: v for k, v in state.items() if k.startswith(inner)}
     if "embeddings.token_embedding.weight" not in plain:
         raise HistosynthError("text encoder: no cond_stage_model.transformer.text_model.* weights "
                               "(only PathLDM's CLIP text conditioning is supported)")
     model = CLIPTextModel(clip_config(plain))
     wanted = set(model.state_dict())
     prefix = "text_model." if any(k.startswith("text_model.") for k in wanted) else ""  # transformers < 5.6
+    ids = inner + "embeddings.position_ids"
     dropped = []
-    ids = "embeddings.position_ids"
-    if ids in plain and prefix + ids not in wanted:  # not a weight since transformers 5.6; must be 0..n-1
-        if not torch.equal(plain[ids].flatten().long(), torch.arange(plain[ids].numel())):
+    if ids in state and prefix + "embeddings.position_ids" not in wanted:  # no longer saved since 5.6
+        if not torch.equal(state[ids].flatten().long(), torch.arange(state[ids].numel())):
             raise HistosynthError("text encoder: position_ids are not 0..n-1; PathLDM's chunking assumes they are")
-        dropped.append(TEXT_PREFIX + inner + ids)
-    weights = rename({k: v for k, v in state.items() if TEXT_PREFIX + k not in dropped},
-                     lambda k: prefix + strip(k) if strip(k) is not None else None, "text encoder")
+        dropped.append(TEXT_PREFIX + ids)
+    kept = {k: v for k, v in state.items() if TEXT_PREFIX + k not in dropped}
+    weights = rename(kept, lambda k: prefix + k[len(inner):] if k.startswith(inner) else None, "text encoder")
     return load_strict(model, weights, "text encoder"), dropped
 
 
@@ -345,13 +349,15 @@ def convert_pathldm(
         groups, ignored = split_state(state)
         check_schedule(state, cfg)
         scaling = float(state["scale_factor"]) if "scale_factor" in state else float(params.get("scale_factor", 1.0))
-        ignored.pop("scale_factor", None)
         if not groups["unet"] or not groups["vae"]:
             raise HistosynthError(f"{ckpt}: no {UNET_PREFIX}* or {VAE_PREFIX}* weights; is this a PathLDM checkpoint?")
 
         unet = convert_unet(groups["unet"], params)
         vae = convert_vq(groups["vae"], params, scaling)
         parameters = {"unet": count(unet), "vae": count(vae)}
+        converted = {"unet": len(groups["unet"]), "vae": len(groups["vae"])}
+        if "model_ema" in ignored:
+            warn(f"{ckpt.name}: EMA weights (model_ema.*) are not converted; the raw U-Net weights are used")
         clip = None
         if text_encoder:
             if groups["text"]:
@@ -363,6 +369,7 @@ def convert_pathldm(
                 raise HistosynthError(f"text encoder width {clip.config.hidden_size} != U-Net context_dim "
                                       f"{unet.config.cross_attention_dim}")
             parameters["text_encoder"] = count(clip)
+            converted["text_encoder"] = len(groups["text"]) - len(dropped)
             if dropped:
                 ignored["text buffers"] = dropped
         else:
@@ -375,7 +382,7 @@ def convert_pathldm(
             write_run(tmp, cfg, unet, vae, clip, encoder, source)
         manifest.results.update(
             parameters=parameters,
-            converted_keys={name: len(keys) for name, keys in groups.items()},
+            converted_keys=converted,
             ignored_keys={kind: len(keys) for kind, keys in ignored.items()},
             scaling_factor=scaling,
             text_encoder=encoder,

@@ -45,7 +45,7 @@ def memorization(fake: np.ndarray, train: np.ndarray, test: np.ndarray, percenti
     near = fake_d < threshold
     return {
         "threshold": threshold,
-        "threshold_rule": f"{percentile:g}th percentile of real test -> train nearest distances ({len(test)} test tiles)",
+        "threshold_rule": f"percentile {percentile:g} of real test -> train nearest distances ({len(test)} test tiles)",
         "near_copies": int(near.sum()),
         "near_copy_share": float(near.mean()),
         "fake_nn_distance_median": float(np.median(fake_d)),

@@ -61,11 +61,15 @@ def write_markdown(out_dir: Path, report: dict, grids: dict[str, str]) -> Path:
             lines.append(f"| {label} | {value:.4g} | {better} |")
     for metric, why in report.get("skipped", {}).items():
         lines.append(f"| {metric} | skipped: {why} | |")
+    inception = protocol.get("inception") or {}
+    if inception and not inception.get("verified"):
+        lines += ["", "**The Inception weights are not the standard FID file: FID, KID and precision/recall "
+                      "here are not comparable with any published number.**"]
     cond = protocol.get("fakes_conditioned_on") or {}
     lines += ["", "## Protocol", "",
               f"- Fakes conditioned on: {cond.get('description', 'unknown')}",
               f"- Crop: {protocol['crop']}; resizing for Inception: {protocol['resize']}",
-              f"- Inception weights: {(protocol.get('inception') or {}).get('sha256', 'not used')}",
+              f"- Inception weights: {inception.get('sha256', 'not used')}",
               f"- Seeds: {protocol['seeds']}",
               "- Implementations: " + "; ".join(f"{k}: {v}" for k, v in protocol["implementations"].items()),
               "", "Small sets make FID biased upwards; compare FIDs only at equal image counts (KID is unbiased).", ""]

@@ -34,8 +34,8 @@ IMPLEMENTATIONS = {
     "pr": f"improved precision/recall, k-NN manifolds with k={PR_K} (Kynkaanniemi et al. 2019) on pool3 features",
     "stain": "skimage.color.rgb2hed (Ruifrok-Johnston); per-channel W1 of pooled pixels, "
              "Frechet distance of per-image HED mean/std",
-    "memorization": f"nearest training tile by {memo.THUMB}px thumbnail RMS distance; near-copy below the "
-                    f"{memo.PERCENTILE:g}st percentile of real test -> train nearest distances",
+    "memorization": f"nearest training tile by {memo.THUMB}px thumbnail RMS distance; near-copy below "
+                    f"percentile {memo.PERCENTILE:g} of real test -> train nearest distances",
 }
 
 
