@@ -33,15 +33,15 @@ def is_debug() -> bool:
 
 def info(message: str) -> None:
     if not _state["quiet"]:
-        console.print(message)
+        console.print(message, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}")
+    console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
 
 
 def error(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
+    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line in logs too
 
 
 def make_progress() -> Progress:
