@@ -85,6 +85,7 @@ def worker_bare(args) -> dict:
     """The U-Net step alone on tensors already in memory: the floor for any trainer."""
     import torch
     import torch.nn.functional as F
+    from diffusers import UNet2DConditionModel  # noqa: F401  (imports are not counted, as in the trainer)
 
     from histosynth.config import load_config
     from histosynth.manifest import PeakMemory
@@ -123,7 +124,8 @@ def worker_example(args) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
-    from transformers import AutoModel, AutoTokenizer
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # noqa: F401
+    from transformers import AutoModel, AutoTokenizer, BertModel  # noqa: F401
 
     from histosynth import schedules
     from histosynth.config import load_config

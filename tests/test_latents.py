@@ -157,3 +157,15 @@ def test_encode_caches_latents_once_with_dihedral_error(tile_ws, monkeypatch):
     monkeypatch.setattr(encode_mod, "encode", lambda *a, **k: pytest.fail("re-encoded a cached shard"))
     monkeypatch.setattr(cfg.vae, "dihedral_check_tiles", 0)
     assert encode_mod.encode_workspace(tile_ws, cfg) == out
+
+
+def test_adopted_pretrained_vae_gets_the_data_scaling_factor(tile_ws, tmp_path):
+    from histosynth.latents.vae import build_vae, load_vae, train_vae
+
+    cfg = load_config("tiny-cpu", overrides=TINY + ["vae.block_out_channels=[16,16,16,16]"])  # f = 8
+    build_vae(cfg.vae, sample_size=TILE).save_pretrained(tmp_path / "hub-like")
+    cfg = load_config("tiny-cpu", overrides=TINY + [f"vae.pretrained={tmp_path / 'hub-like'}"])
+    vae = load_vae(train_vae(tile_ws, cfg))
+    results = json.loads((tile_ws.vae_dir / "manifest.json").read_text())["results"]
+    assert results["downsample_factor"] == 8 and results["final_loss"] is None  # adopted, not trained
+    assert vae.config.scaling_factor == pytest.approx(results["scaling_factor"]) and vae.config.scaling_factor != 0.18215

@@ -90,6 +90,10 @@ def test_pipeline_is_deterministic_per_seed(pipe):
     np.testing.assert_array_equal(a, again)
     # An image does not depend on the batch it was made in (up to batched-conv round-off).
     assert np.abs(a[1].astype(int) - alone[0].astype(int)).max() <= 1
+    # DDIM's eta noise also comes from each image's own generator.
+    noisy = pipe(prompt=["a", "b"], seed=[5, 6], eta=1.0, output_type="np").images
+    noisy_alone = pipe(prompt="b", seed=6, eta=1.0, output_type="np").images
+    assert np.abs(noisy[1].astype(int) - noisy_alone[0].astype(int)).max() <= 1
     other_seed = pipe(prompt="low tumor; b", seed=99, output_type="np").images
     assert np.abs(other_seed[0].astype(int) - alone[0].astype(int)).mean() > 1
 

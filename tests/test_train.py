@@ -118,7 +118,8 @@ def test_bf16_autocast_on_cpu_and_v_prediction_min_snr(ws):
     from histosynth.train.trainer import train
 
     run = train(ws, config("train.steps=3", "train.mixed_precision=fp16", "diffusion.prediction_type=v_prediction",
-                           "train.min_snr_gamma=5.0", "train.grad_accum=2"), budget=35)
+                           "train.min_snr_gamma=5.0", "train.grad_accum=2", "train.gradient_checkpointing=true"),
+                budget=35)
     curve = losses(run)
     assert len(curve) == 3 and all(0 < x < 10 for x in curve)
     from safetensors.torch import load_file

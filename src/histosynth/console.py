@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Iterable, Iterator, TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 T = TypeVar("T")
@@ -37,11 +38,11 @@ def info(message: str) -> None:
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {message}", soft_wrap=True)
+    console.print(f"[yellow]warning:[/yellow] {escape(message)}", soft_wrap=True)
 
 
 def error(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)  # one line in logs too
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line in logs too
 
 
 def make_progress() -> Progress:

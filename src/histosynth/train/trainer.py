@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .. import schedules
 from ..config import ConfigError, to_yaml
 from ..console import HistosynthError, info, warn
-from ..fileio import atomic_dir, read_json, write_json
+from ..fileio import atomic_dir, write_json
 from ..imageio import contact_sheet, save_png, to_uint8
 from ..latents.vae import decode, load_vae
 from ..manifest import recording
@@ -49,7 +49,8 @@ def make_accelerator(tc):
     accelerator = Accelerator(mixed_precision=precision, cpu=cpu)
     if cpu and accelerator.num_processes > 1 and "OMP_NUM_THREADS" not in os.environ:
         # ranks share the cores: oversubscribed threads make CPU steps many times slower
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))))
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", accelerator.num_processes))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local))
     return accelerator
 
 
@@ -147,6 +148,7 @@ def check_resumable(run: Path, cfg) -> None:
 
 def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True) -> Path:
     """Train the U-Net of `cfg` on the training split's cached latents and budget-N embeddings."""
+    from diffusers import UNet2DConditionModel  # noqa: F401  (imported before the memory baseline)
     from diffusers.optimization import get_constant_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
@@ -158,99 +160,96 @@ def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True
     if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
         raise ConfigError("train.checkpoint_every and train.keep_checkpoints must be at least 1")
 
-    data = TrainData(ws, cfg, budget)
-    noise_scheduler = schedules.training_scheduler(cfg.diffusion)
-    torch.manual_seed(tc.seed)  # same initial weights on every rank
-    channels, size = data.latent_shape[0], data.latent_shape[1]
-    unet = build_unet(cfg, cross_attention_dim=data.width, latent_channels=channels, sample_size=size)
-    if tc.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=tc.warmup_steps)
-    ema = EMAModel(unet.parameters(), decay=tc.ema_decay) if tc.ema else None
+    # Memory from here on: data, model, optimizer and activations, not the imports before.
+    with MemoryMeter(accelerator.device) as memory:
+        data = TrainData(ws, cfg, budget)
+        noise_scheduler = schedules.training_scheduler(cfg.diffusion)
+        torch.manual_seed(tc.seed)  # same initial weights on every rank
+        channels, size = data.latent_shape[0], data.latent_shape[1]
+        unet = build_unet(cfg, cross_attention_dim=data.width, latent_channels=channels, sample_size=size)
+        if tc.gradient_checkpointing:
+            unet.enable_gradient_checkpointing()
+        optimizer = torch.optim.AdamW(unet.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        lr_scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=tc.warmup_steps)
+        ema = EMAModel(unet.parameters(), decay=tc.ema_decay) if tc.ema else None
 
-    start = 0
-    checkpoint = latest_checkpoint(run) if resume else None
-    if checkpoint is not None:
-        check_resumable(run, cfg)
-        state = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler)
-        start = int(state["step"])
-        if state.get("world_batch") != tc.batch_size * world:
-            warn(f"{checkpoint}: saved with a global batch of {state.get('world_batch')}, now {tc.batch_size * world}")
-        info(f"resuming {run.name} from step {start}")
-    vae = load_vae(data.vae_source).eval()
-    if main:
-        write_run_skeleton(run, cfg, data, vae, noise_scheduler)
-        truncate_loss_log(run / "logs" / "loss.csv", start)
-    accelerator.wait_for_everyone()
-
-    unet, optimizer = accelerator.prepare(unet, optimizer)  # DDP wrap; the LR schedule is stepped by hand
-    if ema is not None:
-        ema.to(accelerator.device)
-    raw_unet = accelerator.unwrap_model(unet)
-    writer = make_writer(run, start) if main else None
-    manifest_name = "manifest.json" if main else f"logs/manifest-rank{rank}.json"
-    step_times, loss, results = [], float("nan"), {}
-    with recording("train", run, config=cfg, seeds={"train": tc.seed}, filename=manifest_name) as manifest, \
-            MemoryMeter(accelerator.device) as memory:
-        manifest.add_input(data.store.path / "tiles.parquet", "latents")
-        manifest.results.update(budget=budget, unet_parameters=count_parameters(raw_unet), world_size=world,
-                                global_batch=tc.batch_size * tc.grad_accum * world, resumed_from=start or None,
-                                train_tiles=len(data.train_ids))
-        unet.train()
-        for step in range(start, tc.steps):
-            t0 = time.perf_counter()
-            # ---- accumulate gradients over micro-batches (DDP syncs only on the last one)
-            total = torch.zeros((), device=accelerator.device)
-            for micro in range(tc.grad_accum):
-                batch = data.batch(step, micro, rank, world, noise_scheduler)
-                if tc.log_samples:
-                    log_samples(run, rank, step, micro, batch.tile_ids)
-                sync = accelerator.no_sync(unet) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
-                with sync:
-                    micro_loss = diffusion_loss(unet, batch, noise_scheduler, accelerator, tc) / tc.grad_accum
-                    accelerator.backward(micro_loss)
-                total += micro_loss.detach()
-            loss = float(accelerator.reduce(total, reduction="mean"))
-            # ---- a non-finite loss ends the run before it can touch the weights or checkpoints
-            if not math.isfinite(loss):
-                last = latest_checkpoint(run)
-                raise HistosynthError(f"{run}: loss is {loss} at step {step + 1}; stopped. Last good checkpoint: "
-                                      f"{last or 'none'} (lower train.lr, enable train.grad_clip, or check the latents)")
-            # ---- update weights
-            grad_norm = accelerator.clip_grad_norm_(unet.parameters(), tc.grad_clip) if tc.grad_clip else None
-            optimizer.step()
-            lr_scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            if ema is not None:
-                ema.step(raw_unet.parameters())
-            done = step + 1
-            step_times.append(time.perf_counter() - t0)
-            # ---- log, validate, save
-            if main:
-                log_step(run, writer, done, loss, lr_scheduler.get_last_lr()[0], grad_norm)
-            if tc.validate_every and done % tc.validate_every == 0 and done < tc.steps:
-                validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, done)
-            if done % tc.checkpoint_every == 0 or done == tc.steps:
-                save_all(run, done, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc)
+        start = 0
+        checkpoint = latest_checkpoint(run) if resume else None
+        if checkpoint is not None:
+            check_resumable(run, cfg)
+            state = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler)
+            start = int(state["step"])
+            if state.get("world_batch") != tc.batch_size * world:
+                warn(f"{checkpoint}: saved with a global batch of {state.get('world_batch')}, now {tc.batch_size * world}")
+            info(f"resuming {run.name} from step {start}")
+        vae = load_vae(data.vae_source).eval()
+        if main:
+            write_run_skeleton(run, cfg, data, vae, noise_scheduler)
+            truncate_loss_log(run / "logs" / "loss.csv", start)
         accelerator.wait_for_everyone()
-        results = heldout_losses(ema_or(raw_unet, ema), data, noise_scheduler, accelerator, tc)
-        validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, tc.steps)
-        timed = step_times[WARMUP_STEPS_UNTIMED:] or step_times
-        step_time = statistics.median(timed) if timed else float("nan")
-        results.update(step_time_s=step_time, samples_per_s=tc.batch_size * tc.grad_accum * world / step_time,
-                       final_loss=loss, steps=tc.steps, timed_steps=len(timed))
-        manifest.results.update(results)
-    manifest_path = run / manifest_name
-    memory_results = memory.results()
-    if main:  # memory is known only once the meter stops; add it to the manifest just written
-        data_out = read_json(manifest_path)
-        data_out["results"].update(memory_results)
-        write_json(manifest_path, data_out)
+
+        unet, optimizer = accelerator.prepare(unet, optimizer)  # DDP wrap; the LR schedule is stepped by hand
+        if ema is not None:
+            ema.to(accelerator.device)
+        raw_unet = accelerator.unwrap_model(unet)
+        writer = make_writer(run, start) if main else None
+        manifest_name = "manifest.json" if main else f"logs/manifest-rank{rank}.json"
+        step_times, loss, results = [], float("nan"), {}
+        with recording("train", run, config=cfg, seeds={"train": tc.seed}, filename=manifest_name) as manifest:
+            manifest.add_input(data.store.path / "tiles.parquet", "latents")
+            manifest.results.update(budget=budget, unet_parameters=count_parameters(raw_unet), world_size=world,
+                                    global_batch=tc.batch_size * tc.grad_accum * world, resumed_from=start or None,
+                                    train_tiles=len(data.train_ids))
+            unet.train()
+            for step in range(start, tc.steps):
+                t0 = time.perf_counter()
+                # ---- accumulate gradients over micro-batches (DDP syncs only on the last one)
+                total = torch.zeros((), device=accelerator.device)
+                for micro in range(tc.grad_accum):
+                    batch = data.batch(step, micro, rank, world, noise_scheduler)
+                    if tc.log_samples:
+                        log_samples(run, rank, step, micro, batch.tile_ids)
+                    sync = accelerator.no_sync(unet) if micro < tc.grad_accum - 1 else contextlib.nullcontext()
+                    with sync:
+                        micro_loss = diffusion_loss(unet, batch, noise_scheduler, accelerator, tc) / tc.grad_accum
+                        accelerator.backward(micro_loss)
+                    total += micro_loss.detach()
+                loss = float(accelerator.reduce(total, reduction="mean"))
+                # ---- a non-finite loss ends the run before it can touch the weights or checkpoints
+                if not math.isfinite(loss):
+                    last = latest_checkpoint(run)
+                    raise HistosynthError(f"{run}: loss is {loss} at step {step + 1}; stopped. Last good checkpoint: "
+                                          f"{last or 'none'} (lower train.lr, enable train.grad_clip, or check the latents)")
+                # ---- update weights
+                grad_norm = accelerator.clip_grad_norm_(unet.parameters(), tc.grad_clip) if tc.grad_clip else None
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                if ema is not None:
+                    ema.step(raw_unet.parameters())
+                done = step + 1
+                step_times.append(time.perf_counter() - t0)
+                # ---- log, validate, save
+                if main:
+                    log_step(run, writer, done, loss, lr_scheduler.get_last_lr()[0], grad_norm)
+                if tc.validate_every and done % tc.validate_every == 0 and done < tc.steps:
+                    validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, done)
+                if done % tc.checkpoint_every == 0 or done == tc.steps:
+                    save_all(run, done, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc)
+            accelerator.wait_for_everyone()
+            memory_results = memory.results()  # training's peak, before the final evaluation and samples
+            results = heldout_losses(ema_or(raw_unet, ema), data, noise_scheduler, accelerator, tc)
+            validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, tc.steps)
+            timed = step_times[WARMUP_STEPS_UNTIMED:] or step_times
+            step_time = statistics.median(timed) if timed else float("nan")
+            results.update(step_time_s=step_time, samples_per_s=tc.batch_size * tc.grad_accum * world / step_time,
+                           final_loss=loss, steps=tc.steps, timed_steps=len(timed), **memory_results)
+            manifest.results.update(results)
+    if main:
         writer.close()
         info(f"{run.name}: loss {loss:.4f}; held-out {results['heldout_loss']:.4f} vs predict-zero "
              f"{results['heldout_zero_baseline']:.4f}; {step_time:.3f} s/step; peak memory "
-             f"{memory_results['peak_memory_bytes'] / 2**20:.0f} MiB ({memory_results['memory_kind']})")
+             f"{results['peak_memory_bytes'] / 2**20:.0f} MiB ({results['memory_kind']})")
     return run
 
 
