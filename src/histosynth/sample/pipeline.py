@@ -105,7 +105,9 @@ class HistoSynthPipeline:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         unet_dir = unet_folder(run_dir, use_ema)
         unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype)
-        vae = load_vae(run_dir / "vae").to(dtype=dtype).eval().requires_grad_(False)
+        vae = load_vae(run_dir / "vae").eval().requires_grad_(False)
+        if vae.dtype != dtype:  # diffusers warns on a cast to the dtype a model already has
+            vae = vae.to(dtype=dtype)
         base = DDPMScheduler.load_config(run_dir / "scheduler")
         settings = TextSettings.from_json(read_json(run_dir / TEXT_ENCODER_JSON))
         pipe = cls(
