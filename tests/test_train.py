@@ -200,3 +200,28 @@ def test_pathldm_unet_one_step_at_batch_1():
     print(f"pathldm U-Net: {n} parameters; warm step {times[-1]:.1f} s; "
           f"peak RSS above baseline {(mem.peak - mem.baseline) / 2**30:.2f} GiB")
     assert torch.isfinite(loss)
+
+
+def test_init_from_loads_a_runs_unet_strictly(tmp_path):
+    """Fine-tuning (e.g. a converted PathLDM run) starts from the run's U-Net, EMA weights first."""
+    import pytest
+    import torch
+
+    from histosynth.config import load_config
+    from histosynth.console import HistosynthError
+    from histosynth.train.trainer import init_weights
+    from histosynth.train.unet import build_unet
+
+    cfg = load_config("tiny-cpu", overrides=["unet.block_out_channels=[32,32]", "unet.cross_attention_levels=[false,true]",
+                                             "unet.layers_per_block=1", "unet.attention_head_dim=16"])
+    torch.manual_seed(0)
+    source = build_unet(cfg, cross_attention_dim=8, latent_channels=4, sample_size=8)
+    source.save_pretrained(tmp_path / "run" / "unet_ema")
+    torch.manual_seed(1)
+    target = build_unet(cfg, cross_attention_dim=8, latent_channels=4, sample_size=8)
+    init_weights(target, str(tmp_path / "run"))
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name
+    wider = build_unet(cfg, cross_attention_dim=16, latent_channels=4, sample_size=8)
+    with pytest.raises(HistosynthError, match="does not match"):
+        init_weights(wider, str(tmp_path / "run"))

@@ -144,6 +144,7 @@ class TrainConfig(Section):
     validation_images: int = Field(8, ge=0)    # images in each validation grid
     heldout_tiles: int = Field(32, ge=1)       # fixed test-split batch for the held-out loss
     log_samples: bool = False                  # write each rank's tile ids per step to logs/ (debugging)
+    init_from: str | None = None               # run or U-Net folder to fine-tune from (e.g. convert-pathldm)
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

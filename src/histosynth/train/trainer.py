@@ -175,6 +175,8 @@ def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True
 
         start = 0
         checkpoint = latest_checkpoint(run) if resume else None
+        if checkpoint is None and tc.init_from:
+            init_weights(unet, tc.init_from)
         if checkpoint is not None:
             check_resumable(run, cfg)
             state = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler)
@@ -251,6 +253,25 @@ def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True
              f"{results['heldout_zero_baseline']:.4f}; {step_time:.3f} s/step; peak memory "
              f"{results['peak_memory_bytes'] / 2**20:.0f} MiB ({results['memory_kind']})")
     return run
+
+
+def init_weights(unet, source: str) -> None:
+    """Start from another run's U-Net (EMA weights when it has them), strictly: same shapes, no leftovers."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(source)
+    for candidate in (path / "unet_ema", path / "unet", path):
+        if (candidate / "config.json").exists():
+            break
+    else:
+        raise HistosynthError(f"{path}: train.init_from needs a run folder or a U-Net folder (config.json not found)")
+    pretrained = UNet2DConditionModel.from_pretrained(candidate)
+    try:
+        unet.load_state_dict(pretrained.state_dict(), strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[1:2] or [str(exc)]
+        raise HistosynthError(f"{candidate}: U-Net does not match this run's unet config ({first[0].strip()})") from None
+    info(f"initialised the U-Net from {candidate}")
 
 
 def ema_or(unet, ema):
