@@ -72,10 +72,15 @@ def run_ablation(
     with recording("ablate", out, config=cfg, seeds={f"seed{s}": s for s in seeds}) as manifest:
         manifest.results.update(budgets=budgets, preset=preset, overrides=list(overrides))
         for budget in budgets:
+            done = [read_json(p) for s in seeds if (p := cell_dir(ws, budget, s) / "result.json").exists()]
+            if len(done) == len(seeds):  # a finished budget needs nothing, not even its summaries
+                info(f"budget {budget}: {len(seeds)} seed(s) done before, skipped")
+                rows += done
+                continue
             mean_tokens = prepare_budget(ws, cfg, budget)
             for seed in seeds:
-                row = run_cell(ws, cfg, budget, seed, config_file, n_samples=n_samples, threads=threads)
-                rows.append({**row, "mean_tokens": mean_tokens})
+                rows.append(run_cell(ws, cfg, budget, seed, config_file, mean_tokens, n_samples=n_samples,
+                                     threads=threads))
         table = aggregate(rows)
         write_tables(rows, table, out)
         plot_ablation(table, out)
@@ -94,9 +99,13 @@ def prepare_budget(ws: Workspace, cfg: HistoSynthConfig, budget: int) -> float:
     return float(read_summaries(ws, budget)["n_tokens"].mean())
 
 
-def run_cell(ws: Workspace, cfg: HistoSynthConfig, budget: int, seed: int, config_file: Path,
+def cell_dir(ws: Workspace, budget: int, seed: int) -> Path:
+    return ablation_dir(ws) / f"budget-{budget}" / f"seed-{seed}"
+
+
+def run_cell(ws: Workspace, cfg: HistoSynthConfig, budget: int, seed: int, config_file: Path, mean_tokens: float,
              n_samples: int | None = None, threads: int | None = None) -> dict[str, Any]:
-    cell = ablation_dir(ws) / f"budget-{budget}" / f"seed-{seed}"
+    cell = cell_dir(ws, budget, seed)
     result_path = cell / "result.json"
     if result_path.exists():
         info(f"budget {budget}, seed {seed}: done before, skipped")
@@ -118,6 +127,7 @@ def run_cell(ws: Workspace, cfg: HistoSynthConfig, budget: int, seed: int, confi
     row = {
         "budget": budget,
         "seed": seed,
+        "mean_tokens": mean_tokens,
         "run": str(run_dir),
         "n_samples": n,
         **quality_scores(scores),
