@@ -485,3 +485,14 @@ def test_full_size_pathldm_unet():
     t = torch.tensor([501])
     torch.testing.assert_close(unet(x, t, encoder_hidden_states=context).sample,
                                original(x, t, context=context), atol=1e-4, rtol=0)
+
+
+def test_samples_of_a_converted_run_name_the_source_checkpoint(converted, tmp_path):
+    from histosynth.imageio import list_images, png_metadata
+    from histosynth.sample.generate import sample_run
+
+    out = sample_run(converted["run"], ["high tumor; low til; invasive ductal carcinoma."], n=1, steps=2,
+                     out_dir=tmp_path / "samples")
+    meta = png_metadata(list_images(out)[0])
+    source = read_json(converted["run"] / "model_index.json")["source_checkpoint"]
+    assert meta["synthetic"] == "true" and meta["source_checkpoint"] == f"{source['file']} sha256:{source['sha256']}"

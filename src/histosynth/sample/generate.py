@@ -96,7 +96,15 @@ def provenance(record: dict, run_dir: Path) -> dict[str, str]:
     for key in ("checkpoint_hash", "prompt", "seed", "sampler", "steps", "guidance", "eta", "tile_id", "case_id"):
         if record.get(key) is not None:
             meta[key] = str(record[key])
+    source = source_checkpoint(run_dir)  # weights imported from elsewhere (convert-pathldm) are named
+    if source:
+        meta["source_checkpoint"] = f"{source.get('file')} sha256:{source.get('sha256')}"
     return meta
+
+
+def source_checkpoint(run_dir: Path) -> dict | None:
+    index = run_dir / "model_index.json"
+    return read_json(index).get("source_checkpoint") if index.exists() else None
 
 
 def summary_conditions(run_dir: Path, settings: TextSettings, n: int, split: str, seed: int,
