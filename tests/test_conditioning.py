@@ -39,14 +39,24 @@ def test_stain_score_orders_pink_above_brown():
     assert conditioning.auroc(np.array([1.0, 2.0]), np.array([1.0, 2.0])) == 0.5
 
 
-def test_shuffled_captions_mix_the_sources():
-    sources = {"A": (None, "ihc"), "B": (None, "ihc"), "C": (None, "he"), "D": (None, "he")}
-    plain = conditioning.captions_for(sources, shuffled=False)
-    assert plain["A"] == plain["B"] == conditioning.IHC_CAPTION and plain["C"] == plain["D"] == conditioning.HE_CAPTION
-    mixed = conditioning.captions_for(sources, shuffled=True)
-    for caption in (conditioning.IHC_CAPTION, conditioning.HE_CAPTION):  # one case of each source per caption
-        kinds = sorted(sources[c][1] for c, text in mixed.items() if text == caption)
-        assert kinds == ["he", "ihc"]
+def test_shuffled_captions_mix_the_sources(tmp_path):
+    import pandas as pd
+
+    from histosynth.text.store import EmbeddingSet
+    from histosynth.workspace import Workspace
+
+    ws = Workspace(tmp_path)
+    cfg = ws.ensure_config(preset="tiny-cpu")
+    folder = EmbeddingSet.locate(ws, cfg, cfg.summaries.budget)
+    folder.mkdir(parents=True)
+    tiles = pd.DataFrame({"tile_id": range(200), "case_id": ["ihc"] * 100 + ["he"] * 100,
+                          "split": "train", "text_hash": ["a"] * 100 + ["b"] * 100})
+    tiles.to_parquet(folder / "tiles.parquet", index=False)
+    conditioning.shuffle_tile_captions(ws, cfg)
+    mixed = pd.read_parquet(folder / "tiles.parquet")
+    assert (mixed["text_hash"] == "a").sum() == 100  # same captions, same counts
+    share = (mixed[mixed["case_id"] == "ihc"]["text_hash"] == "a").mean()
+    assert 0.35 < share < 0.65  # each caption now covers both sources
 
 
 def test_text_conditioning_separates_stains(tmp_path, real_slide):

@@ -3,11 +3,13 @@
 Two visually different sources go through the real pipeline (tile -> reports -> summarize ->
 embed -> VAE -> encode -> train): immunohistochemistry (the built-in sample's picture: brown DAB
 with blue haematoxylin) and H&E (crops of a real H&E slide: pink eosin, purple haematoxylin). Each
-source is two cases with the same number of pixels, so every case contributes about as many tiles.
+source is two cases with the same number of pixels, so both contribute about as many tiles.
 
 - conditioned: every IHC case is described as IHC, every H&E case as H&E;
-- control: the captions are shuffled between the sources, one IHC and one H&E case per caption, so
-  the captions carry no information about the stain.
+- control: the same workspace, but before training which tile carries which caption is shuffled
+  across all tiles (a permutation of `text_hash` in the embeddings' tiles.parquet), so each caption
+  describes a random half of the tiles of both sources. (Shuffling whole cases is no control: the
+  caption would still name a case, and cases of one source differ in stain.)
 
 Images generated for each caption are scored by their mean eosin optical density (colour
 deconvolution by `skimage.color.rgb2hed`): H&E is pink, the IHC picture has no eosin at all (on the
@@ -98,42 +100,42 @@ def write_reports(path: Path, captions: dict[str, str]) -> Path:
     return path
 
 
-def captions_for(sources: dict[str, tuple[Path, str]], shuffled: bool) -> dict[str, str]:
-    """Conditioned: caption = source. Shuffled: one case of each source per caption."""
-    by_kind = {"ihc": IHC_CAPTION, "he": HE_CAPTION}
-    captions, seen = {}, {"ihc": 0, "he": 0}
-    for case, (_, kind) in sources.items():
-        if shuffled:
-            captions[case] = (IHC_CAPTION, HE_CAPTION)[seen[kind] % 2]
-            seen[kind] += 1
-        else:
-            captions[case] = by_kind[kind]
-    return captions
+def captions_for(sources: dict[str, tuple[Path, str]]) -> dict[str, str]:
+    return {case: {"ihc": IHC_CAPTION, "he": HE_CAPTION}[kind] for case, (_, kind) in sources.items()}
 
 
-def train_condition_model(root: Path, sources: dict[str, tuple[Path, str]], shuffled: bool,
-                          overrides: Sequence[str], vae: Path | None = None) -> tuple[Workspace, Path]:
-    """Tile, ingest, summarize, embed, (train or adopt a) VAE, encode and train; returns (ws, run dir)."""
+def build_workspace(root: Path, sources: dict[str, tuple[Path, str]], overrides: Sequence[str]):
+    """Tile, ingest, summarize, embed, train the VAE and encode; returns (ws, cfg)."""
     from ..latents.encode import encode_workspace
     from ..latents.vae import train_vae
     from ..reports.ingest import ingest_reports
     from ..reports.summarize import summarize_workspace
     from ..slides.tiler import tile_slides
     from ..text.embed import embed_workspace
-    from ..train.trainer import train
 
     ws = Workspace(root)
-    settings = [*overrides, "split.test_fraction=0.0"] + ([f"vae.pretrained={vae}"] if vae else [])
-    cfg = ws.ensure_config(preset="tiny-cpu", overrides=settings)
-    budget = cfg.summaries.budget
-    reports = write_reports(root / "reports.csv", captions_for(sources, shuffled))
+    cfg = ws.ensure_config(preset="tiny-cpu", overrides=[*overrides, "split.test_fraction=0.0"])
+    reports = write_reports(root / "reports.csv", captions_for(sources))
     tile_slides(ws, cfg, [path for path, _ in sources.values()])
     ingest_reports(ws, cfg, reports)
-    summarize_workspace(ws, cfg, budget)
-    embed_workspace(ws, cfg, budget)
+    summarize_workspace(ws, cfg, cfg.summaries.budget)
+    embed_workspace(ws, cfg, cfg.summaries.budget)
     train_vae(ws, cfg)
     encode_workspace(ws, cfg)
-    return ws, train(ws, cfg, budget, run_name="condition")
+    return ws, cfg
+
+
+def shuffle_tile_captions(ws: Workspace, cfg, seed: int = 0) -> None:
+    """The control: permute the tiles' caption (text_hash) across all tiles, sources mixed."""
+    import pandas as pd
+
+    from ..text.store import EmbeddingSet
+
+    path = EmbeddingSet.locate(ws, cfg, cfg.summaries.budget) / "tiles.parquet"
+    tiles = pd.read_parquet(path)
+    tiles["text_hash"] = np.random.default_rng(seed).permutation(tiles["text_hash"].to_numpy())
+    with atomic_path(path) as tmp:
+        tiles.to_parquet(tmp, index=False)
 
 
 def caption_prompts(ws: Workspace, budget: int, sources: dict[str, tuple[Path, str]]) -> dict[str, str]:
@@ -142,7 +144,7 @@ def caption_prompts(ws: Workspace, budget: int, sources: dict[str, tuple[Path, s
 
     summaries = read_summaries(ws, budget).set_index("case_id")["summary"]
     prompts = {}
-    for case, caption in captions_for(sources, shuffled=False).items():
+    for case, caption in captions_for(sources).items():
         prompts.setdefault(caption, summaries[case])
     return {"ihc": prompts[IHC_CAPTION], "he": prompts[HE_CAPTION]}
 
@@ -176,15 +178,19 @@ def real_tile_auroc(ws: Workspace, sources: dict[str, tuple[Path, str]]) -> floa
 def run_conditioning_check(out: str | Path, he_slide: str | Path, n: int = 48,
                            overrides: Sequence[str] = ()) -> dict:
     """The conditioned model and the shuffled-caption control, scored; writes OUT/conditioning.json."""
+    from ..train.trainer import train
+
     out = Path(out)
     sources = make_sources(out, Path(he_slide))
-    ws, run = train_condition_model(out / "conditioned", sources, shuffled=False, overrides=overrides)
-    budget = ws.config().summaries.budget
+    ws, cfg = build_workspace(out / "workspace", sources, overrides)
+    budget = cfg.summaries.budget
     prompts = caption_prompts(ws, budget, sources)
-    result = {"real_tiles_auroc": real_tile_auroc(ws, sources), "prompts": prompts,
-              "conditioned": score_prompts(run, prompts, n, out / "samples-conditioned")}
-    # Same captions, same VAE; only which tiles each caption describes changes.
-    _, run_c = train_condition_model(out / "shuffled", sources, shuffled=True, overrides=overrides, vae=ws.vae_dir)
-    result["shuffled"] = score_prompts(run_c, prompts, n, out / "samples-shuffled")
+    result = {"real_tiles_auroc": real_tile_auroc(ws, sources), "prompts": prompts}
+    run = train(ws, cfg, budget, run_name="conditioned")
+    result["conditioned"] = score_prompts(run, prompts, n, out / "samples-conditioned")
+    # Same data, VAE, latents, seeds and steps; only the tile -> caption pairing is random.
+    shuffle_tile_captions(ws, cfg)
+    run = train(ws, cfg, budget, run_name="shuffled")
+    result["shuffled"] = score_prompts(run, prompts, n, out / "samples-shuffled")
     write_json(out / "conditioning.json", result)
     return result

@@ -4,8 +4,9 @@
     -> encode -> train the U-Net -> sample -> evaluate -> OUT/report/index.html
 
 Every stage is timed and its peak memory measured around the call; the figures land in
-`OUT/stages/<stage>.json`, and a rerun skips the stages that have one (for the same config), so an
-interrupted demo resumes where it stopped. The same function runs on real slides and reports.
+`OUT/stages/<stage>.json`, and a rerun skips the stages that have one (for the same preset,
+overrides and inputs), so an interrupted demo resumes where it stopped. The same function runs
+on real slides and reports.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import HistoSynthConfig, to_yaml
+from ..config import HistoSynthConfig
 from ..console import HistosynthError, info
 from ..fileio import read_json, write_json
 from ..manifest import PeakMemory
@@ -38,18 +39,20 @@ MAX_PROMPTS = 4           # distinct condition texts shown
 GRID_TILES = 32           # tiles per side of the real-vs-generated picture
 
 
-def demo_config(ws: Workspace, preset: str, overrides: Sequence[str], builtin_sample: bool) -> HistoSynthConfig:
+def demo_settings(preset: str, overrides: Sequence[str], builtin_sample: bool) -> list[str]:
     settings = list(TINY_CPU_SETTINGS) if preset == "tiny-cpu" else []
     settings += BUILTIN_SAMPLE_SETTINGS if builtin_sample else ()
-    return ws.ensure_config(preset=preset, overrides=[*settings, *overrides])
+    return [*settings, *overrides]
 
 
 class StageClock:
     """Runs a demo stage once: times it, measures its peak memory, and skips it on a rerun."""
 
-    def __init__(self, folder: Path, cfg: HistoSynthConfig, inputs: Sequence[str] = ()):
+    def __init__(self, folder: Path, choices: Sequence[str]):
         self.folder = folder
-        self.fingerprint = hashlib.sha256((to_yaml(cfg) + "\n".join(inputs)).encode()).hexdigest()[:16]
+        # What the user chose (preset, overrides, inputs), not the resolved config: a new config
+        # field in a newer histosynth must not redo a finished demo.
+        self.fingerprint = hashlib.sha256("\n".join(choices).encode()).hexdigest()[:16]
         self.records: list[dict[str, Any]] = []
 
     def changed(self, name: str) -> bool:
@@ -106,11 +109,12 @@ def run_demo(out: str | Path, slides: Sequence[str | Path] | None = None, report
         data = f"slides {', '.join(map(str, slides))}; reports {reports}"
     slides = [Path(s) for s in slides]
     ws = Workspace(out / "workspace")
-    cfg = demo_config(ws, preset, overrides, builtin_sample)
+    settings = demo_settings(preset, overrides, builtin_sample)
+    cfg = ws.ensure_config(preset=preset, overrides=settings)
     budget = cfg.summaries.budget
     run_dir = ws.run_dir(RUN_NAME)
     samples_dir, prompts_dir, eval_dir = out / "samples" / "test", out / "samples" / "prompts", out / "eval"
-    stage = StageClock(out / "stages", cfg, inputs=[str(s) for s in slides] + [str(reports)])
+    stage = StageClock(out / "stages", [preset, *settings, *map(str, slides), str(reports)])
 
     stage("tile", lambda: tile_slides(ws, cfg, slides))
     stage("reports", lambda: ingest_reports(ws, cfg, Path(reports)))

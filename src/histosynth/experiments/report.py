@@ -89,8 +89,11 @@ def render_html(results: dict[str, Any]) -> str:
     else:
         parts.append("<p>No metric was computed.</p>")
     if skipped:
+        by_reason: dict[str, list[str]] = {}  # FID, KID and PR usually share one reason
+        for name, reason in skipped.items():
+            by_reason.setdefault(str(reason), []).append(name)
         parts.append("<p>Skipped:</p><ul>")
-        parts += [f"<li><b>{esc(k)}</b>: {esc(str(v))}</li>" for k, v in skipped.items()]
+        parts += [f"<li><b>{esc(', '.join(names))}</b>: {esc(reason)}</li>" for reason, names in by_reason.items()]
         parts.append("</ul>")
 
     parts += [

@@ -129,7 +129,7 @@ def build_table(rows: dict, reports, budget: int, tokenizer: Tokenizer):
     split = dict(zip(reports.case_id, reports.split))
     records = []
     for case_id in sorted(rows):
-        row = dict(rows[case_id])
+        row = {**rows[case_id], "case_id": case_id}  # a cached row may be another case's with the same text
         issues = problems(row["summary"], budget, tokenizer)
         if issues:  # a stored summary is always complete and in budget; this would be a bug
             raise HistosynthError(f"summary of {case_id} fails its own check ({'; '.join(issues)})")
