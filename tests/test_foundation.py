@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import subprocess
 import sys
 
@@ -120,8 +121,9 @@ def test_manifest_records_what_ran(tmp_path, monkeypatch):
     cfg = load_config("tiny-cpu")
     with recording("unit", tmp_path / "out", config=cfg, seeds={"train": 7}) as manifest:
         manifest.add_input(data_file, "input")
-        buf = bytearray(64 << 20)  # 64 MiB above the baseline
-        buf[::4096] = b"x" * len(buf[::4096])
+        buf = mmap.mmap(-1, 64 << 20)  # 64 MiB of fresh pages (malloc could reuse resident ones)
+        for offset in range(0, len(buf), 4096):
+            buf[offset] = 1
         manifest.results["n"] = 1
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     for key in ("command", "config", "versions", "git_commit", "seeds", "inputs", "wall_time_s", "memory", "status"):
@@ -132,7 +134,7 @@ def test_manifest_records_what_ran(tmp_path, monkeypatch):
     assert "torch" in m["versions"] and "python" in m["versions"]
     assert "sk-secret" not in json.dumps(m) and "abc" not in json.dumps(m["command"])
     assert m["memory"]["rss_peak_above_baseline_bytes"] >= 48 << 20
-    del buf
+    buf.close()
 
 
 def test_manifest_written_on_failure(tmp_path):
