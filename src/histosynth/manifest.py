@@ -28,9 +28,9 @@ TRACKED_PACKAGES = (
 SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
-def package_versions() -> dict[str, str]:
+def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     versions = {"python": platform.python_version()}
-    for name in TRACKED_PACKAGES:
+    for name in names:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -6,7 +6,6 @@ the stain distance and the memorization check need no weights and are always ava
 
 from __future__ import annotations
 
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +198,7 @@ def protocol(real_src: Source, fake_src: Source, real_meta: dict, fake_meta: dic
         "seeds": {"sample_seed": sample.get("seed"), "real_subset_seed": 0, "kid_subsets_seed": 0,
                   "stain_pixels_seed": 0},
         "implementations": IMPLEMENTATIONS,
-        "versions": {**package_versions(), **_versions("scipy", "scikit-image", "torchvision")},
+        "versions": {**package_versions(), **package_versions(("scipy", "scikit-image", "torchvision"))},
     }
 
 
@@ -218,12 +217,3 @@ def _describe(src: Source, meta: dict) -> dict:
             "reused": meta.get("reused"),
             "format": meta.get("format", "histosynth")}
 
-
-def _versions(*names: str) -> dict:
-    out = {}
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
