@@ -213,3 +213,25 @@ def test_cli_sample_data_writes_manifest(tmp_path):
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "s" / "manifest.json").read_text())["status"] == "ok"
     assert len(list((tmp_path / "s" / "slides").glob("*.tiff"))) == 3
+
+
+COMMANDS = ("sample-data", "tile", "tile-merge", "reports", "summarize", "summary-stats", "embed", "train-vae",
+            "encode", "train", "sample", "evaluate", "ablate", "demo", "convert-pathldm")
+
+
+def test_cli_lists_every_stage_command():
+    out = subprocess.run([sys.executable, "-m", "histosynth.cli", "--help"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "COLUMNS": "200"})
+    listed = {line.split("│")[1].split()[0] for line in out.stdout.splitlines()
+              if line.startswith("│") and len(line.split("│")[1].split()) > 1}
+    assert set(COMMANDS) <= listed
+
+
+def test_cli_invalid_override_is_one_line_and_exit_2(tmp_path, sample_dir):
+    out = subprocess.run([sys.executable, "-m", "histosynth.cli", "tile", str(sample_dir / "slides"),
+                          "--workspace", str(tmp_path / "ws"), "--set", "slides.min_tissue=2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "slides.min_tissue" in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "ws" / "tiles").exists()
