@@ -74,7 +74,8 @@ def write_embeddings(root, budget: int = 35, width: int = 384, context: int = 16
         "long_context": "chunked", "complete": True}))
 
 
-TINY = ["vae.steps=15", "vae.batch_size=4", "vae.scale_tiles=32", "vae.eval_tiles=8", "vae.dihedral_check_tiles=4"]
+TINY = ["vae.steps=15", "vae.batch_size=4", "vae.scale_tiles=32", "vae.eval_tiles=8", "vae.dihedral_check_tiles=4",
+        "vae.cache_dihedral=false"]
 
 
 @pytest.fixture(scope="session")
@@ -157,6 +158,33 @@ def test_encode_caches_latents_once_with_dihedral_error(tile_ws, monkeypatch):
     monkeypatch.setattr(encode_mod, "encode", lambda *a, **k: pytest.fail("re-encoded a cached shard"))
     monkeypatch.setattr(cfg.vae, "dihedral_check_tiles", 0)
     assert encode_mod.encode_workspace(tile_ws, cfg) == out
+
+
+def test_cached_dihedral_variants_are_exact_encodings_and_feed_training(tile_ws):
+    from histosynth.imageio import to_unit_range
+    from histosynth.latents.encode import encode_workspace
+    from histosynth.latents.store import LatentStore
+    from histosynth.latents.vae import build_vae
+    from histosynth.slides.dataset import dihedral
+    from histosynth.slides.store import TileStore
+    from histosynth.train.data import TrainData
+
+    cfg = load_config("tiny-cpu", overrides=TINY + ["vae.cache_dihedral=true"])
+    vae = build_vae(cfg.vae, sample_size=TILE)
+    vae.register_to_config(scaling_factor=0.5)
+    vae.save_pretrained(tile_ws.vae_dir)
+    store = LatentStore(encode_workspace(tile_ws, cfg))
+    assert store.info["dihedral"]["mode"] == "cached-variants"
+    tiles = to_unit_range(TileStore(tile_ws).get([3]))
+    with torch.no_grad():
+        want = torch.cat([vae.encode(dihedral(tiles, k)).latent_dist.mean for k in range(8)])
+    variants = store.all_variants([3])[0]
+    assert torch.allclose(variants, want, atol=1e-5)
+    assert not torch.allclose(variants[1], dihedral(variants[0], 1), atol=1e-3)  # not the moved grid
+    data = TrainData(tile_ws, cfg, budget=35)
+    row = data.train_ids.index(3) if 3 in data.train_ids else 0
+    tile = data.train_ids[row]
+    assert torch.equal(data.variant(row, 5), store.all_variants([tile])[0, 5] * 0.5)
 
 
 def test_adopted_pretrained_vae_gets_the_data_scaling_factor(tile_ws, tmp_path):

@@ -100,6 +100,7 @@ class VAEConfig(Section):
     scale_tiles: int = Field(512, ge=1)        # training tiles whose latent std sets scaling_factor
     eval_tiles: int = Field(256, ge=1)         # test tiles for the reconstruction PSNR / SSIM
     dihedral_check_tiles: int = Field(64, ge=0)  # tiles to measure latent-space dihedral error on
+    cache_dihedral: bool = False               # also cache the 7 other dihedral variants (8x encode + disk; exact)
     encode_batch_size: int = Field(32, ge=1)   # tiles per VAE call when caching latents
 
 

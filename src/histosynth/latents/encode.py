@@ -1,9 +1,10 @@
 """`histosynth encode`: VAE latents of every tile, cached once under WS/latents/<vae-id>/.
 
-Dihedral augmentation happens in latent space (rotating / mirroring the latent grid), not as
-8 cached variants: 8x less disk and encode time. A convolutional VAE is only approximately
-equivariant, so the error against encoding the transformed tile is measured here and recorded in
-info.json and the manifest (`dihedral_error`).
+Dihedral augmentation: by default it happens in latent space (rotating / mirroring the latent
+grid), which costs no disk or encode time, but a convolutional VAE is only approximately
+equivariant; the error against encoding the transformed tile is measured here and recorded in
+info.json and the manifest (`dihedral`). With `vae.cache_dihedral` the 7 other variants are encoded
+too (8x encode time and disk), and training uses them: exact, and affordable for small sets.
 """
 
 from __future__ import annotations
@@ -87,13 +88,11 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
         plan = list(batches(ids, SHARD_TILES))
         for k, shard_ids in enumerate(plan):
             path = out / f"shard-{k}.safetensors"
-            if path.exists() and load_file(path)["tile_id"].tolist() == shard_ids:
+            if path.exists() and shard_is_current(load_file(path), shard_ids, cfg.vae.cache_dihedral):
                 info(f"{path.name}: cached")
             else:
-                lat = [encode(vae, to_unit_range(store.get(chunk))).float()
-                       for chunk in track(list(batches(shard_ids, cfg.vae.encode_batch_size)), f"encode shard {k}")]
                 with atomic_path(path) as tmp:
-                    save_file({"latents": torch.cat(lat).contiguous(), "tile_id": torch.tensor(shard_ids)}, tmp)
+                    save_file(encode_shard(vae, store, shard_ids, cfg, f"encode shard {k}"), tmp)
             shard_of += [k] * len(shard_ids)
             row_of += list(range(len(shard_ids)))
         shape = list(load_file(out / "shard-0.safetensors")["latents"].shape[1:])
@@ -104,7 +103,8 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
             "vae": str(source), "vae_id": out.name, "kind": vae_kind(vae),
             "scaling_factor": float(vae.config.scaling_factor), "downsample_factor": downsample_factor(vae),
             "shape": shape, "count": len(ids), "dtype": "float32",
-            "latents": "posterior mean" if vae_kind(vae) == "kl" else "pre-quantisation", "dihedral": check,
+            "latents": "posterior mean" if vae_kind(vae) == "kl" else "pre-quantisation",
+            "dihedral": {**(check or {}), "mode": "cached-variants" if cfg.vae.cache_dihedral else "latent-space"},
         }
         write_json(out / "info.json", meta)
         table = index[["tile_id", "case_id", "split"]].assign(shard=shard_of, row=row_of)
@@ -112,7 +112,27 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
             table.to_parquet(tmp, index=False)
         manifest.results.update(meta)
     if check:
+        used = "cached variants are used" if cfg.vae.cache_dihedral else "latent-space transforms are used"
         info(f"latents: {len(ids)} tiles {shape}; dihedral in latent space: relative error "
              f"{check['latent_rel_rmse']:.3f}, PSNR {check['psnr_latent_space_db']:.2f} dB vs "
-             f"{check['psnr_encoded_db']:.2f} dB encoding the transformed tile")
+             f"{check['psnr_encoded_db']:.2f} dB encoding the transformed tile ({used})")
     return out
+
+
+def shard_is_current(shard: dict, shard_ids: list[int], want_variants: bool) -> bool:
+    return shard["tile_id"].tolist() == shard_ids and (not want_variants or "variants" in shard)
+
+
+@torch.no_grad()
+def encode_shard(vae, store, shard_ids: list[int], cfg, label: str) -> dict:
+    """`latents` [n, C, h, w] and, with vae.cache_dihedral, `variants` [n, 7, C, h, w] (k = 1..7)."""
+    lat, var = [], []
+    for chunk in track(list(batches(shard_ids, cfg.vae.encode_batch_size)), label):
+        x = to_unit_range(store.get(chunk))
+        lat.append(encode(vae, x).float())
+        if cfg.vae.cache_dihedral:
+            var.append(torch.stack([encode(vae, dihedral(x, k)).float() for k in range(1, 8)], dim=1))
+    tensors = {"latents": torch.cat(lat).contiguous(), "tile_id": torch.tensor(shard_ids)}
+    if var:
+        tensors["variants"] = torch.cat(var).contiguous()
+    return tensors

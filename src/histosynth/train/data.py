@@ -45,6 +45,8 @@ class TrainData:
         if not self.train_ids:
             raise HistosynthError(f"{self.store.path}: no training tiles with both latents and embeddings for budget {budget}")
         self.latents = self.store.for_tiles(self.train_ids) * self.store.scaling_factor
+        variants = self.store.all_variants(self.train_ids)  # exact dihedral variants when cached
+        self.variants = None if variants is None else variants * self.store.scaling_factor
         hidden, mask = self.emb.uncond()
         self.uncond_hidden = hidden.reshape(1, self.emb.context_length, self.emb.width).float()
         self.uncond_mask = mask.reshape(1, self.emb.context_length).long()
@@ -84,13 +86,17 @@ class TrainData:
         flips = torch.randint(0, 8 if tc.dihedral else 1, (global_b,), generator=gen)
         mine = slice(rank * per_rank, (rank + 1) * per_rank)
         rows, noise, timesteps, dropped, flips = rows[mine], noise[mine], timesteps[mine], dropped[mine], flips[mine]
-        latents = torch.stack([dihedral(self.latents[r], int(k)) for r, k in zip(rows, flips)])
+        latents = torch.stack([self.variant(r, int(k)) for r, k in zip(rows, flips)])
         tile_ids = [self.train_ids[r] for r in rows]
         hidden, mask = self.emb.for_tiles(tile_ids)
         hidden, mask = hidden.float(), mask.long()
         hidden = torch.where(dropped[:, None, None], self.uncond_hidden, hidden)
         mask = torch.where(dropped[:, None], self.uncond_mask, mask)
         return Batch(tile_ids, latents, noise, timesteps, hidden, None if self.attend_padding else mask)
+
+    def variant(self, row: int, k: int) -> torch.Tensor:
+        """Dihedral variant k of a training latent: the cached encoding, else the moved latent grid."""
+        return self.variants[row, k] if self.variants is not None else dihedral(self.latents[row], k)
 
     def heldout(self, n: int, noise_scheduler, seed: int = 12345) -> Batch:
         """A fixed batch for held-out loss: test tiles (training tiles if there are none)."""
