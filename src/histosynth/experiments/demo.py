@@ -11,14 +11,13 @@ on real slides and reports.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..config import HistoSynthConfig
 from ..console import HistosynthError, info
-from ..fileio import read_json, write_json
+from ..fileio import read_json, text_hash, write_json
 from ..manifest import PeakMemory
 from ..workspace import Workspace
 
@@ -48,7 +47,7 @@ class StageClock:
         self.folder = folder
         # What the user chose (preset, overrides, inputs), not the resolved config: a new config
         # field in a newer histosynth must not redo a finished demo.
-        self.fingerprint = hashlib.sha256("\n".join(choices).encode()).hexdigest()[:16]
+        self.fingerprint = text_hash("\n".join(choices))
         self.records: list[dict[str, Any]] = []
 
     def changed(self, name: str) -> bool:

@@ -112,7 +112,7 @@ def summary_conditions(run_dir: Path, settings: TextSettings, n: int, split: str
     """One condition text per sampled `split` tile: its case's summary and its binned scores."""
     import pandas as pd
 
-    from ..text.condition import condition_text, score_column, template_fields
+    from ..text.condition import tile_condition_text
     from ..workspace import Workspace
 
     ws = Workspace(run_dir.parent.parent)  # runs/<name> lives under WS/runs
@@ -126,11 +126,9 @@ def summary_conditions(run_dir: Path, settings: TextSettings, n: int, split: str
         raise HistosynthError(f"{ws.tile_index_path}: no {split} tiles with a summary at budget {budget}")
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(tiles), size=n, replace=n > len(tiles))
-    fields = template_fields(settings.template)
     conditions = []
     for row in tiles.iloc[np.sort(rows)].itertuples(index=False):
-        scores = {f: float(getattr(row, score_column(f))) for f in fields}
-        text = condition_text(settings.template, row.summary, scores, list(settings.levels))
+        text = tile_condition_text(row, settings.template, row.summary, list(settings.levels))
         conditions.append({"prompt": text, "tile_id": int(row.tile_id), "case_id": row.case_id, "split": split})
     source = {"kind": "summaries", "workspace": str(ws.root), "split": split, "budget": budget,
               "n_tiles_available": int(len(tiles)), "n_cases": int(tiles["case_id"].nunique())}

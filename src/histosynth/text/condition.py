@@ -53,6 +53,12 @@ def condition_text(template: str, summary: str, scores: dict[str, float], levels
     return template.format(summary=summary, **values).strip()
 
 
+def tile_condition_text(tile, template: str, summary: str, levels: list[str]) -> str:
+    """A tile's condition text: its `prob_<field>` columns (a tile-index row) fill the template."""
+    scores = {f: float(getattr(tile, score_column(f))) for f in template_fields(template)}
+    return condition_text(template, summary, scores, levels)
+
+
 def context_length_for(encoder_or_tokenizer, template: str, budget: int, levels: list[str],
                        chunk_size: int | None = None) -> int:
     """Tokens the encoder must read: the longest template prefix + budget + start/end tokens.

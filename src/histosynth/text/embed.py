@@ -15,7 +15,7 @@ from ..console import HistosynthError, info, track, warn
 from ..fileio import atomic_path, hash_input, text_hash, write_json
 from ..manifest import recording
 from ..workspace import Workspace
-from .condition import condition_text, context_length_for, score_column, template_fields
+from .condition import context_length_for, score_column, template_fields, tile_condition_text
 from .encoders import TextEncoder, load_encoder
 from .store import INFO_NAME, TEXTS_NAME, TILES_NAME, UNCOND_NAME, embeddings_dir, shard_name
 
@@ -107,12 +107,10 @@ def tile_texts(index_path: Path, summaries_path: Path, template: str, levels: li
             f"{summaries_path}: no summary for {len(missing)} case(s) with tiles: {shown} "
             "(summarize them, or --set text.missing_summary=empty to condition them on the template alone)"
         )
-    fields = template_fields(template)
     texts = []
     for row in tiles.itertuples(index=False):
-        scores = {f: float(getattr(row, score_column(f))) for f in fields}
         try:
-            texts.append(condition_text(template, summary_of.get(row.case_id, ""), scores, levels))
+            texts.append(tile_condition_text(row, template, summary_of.get(row.case_id, ""), levels))
         except HistosynthError as exc:
             raise HistosynthError(f"{index_path}: tile {row.tile_id}: {exc}") from None
     tiles = tiles[["tile_id", "case_id", "split"]].copy()
