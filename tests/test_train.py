@@ -17,6 +17,7 @@ import torch
 
 from histosynth.config import load_config
 from histosynth.console import HistosynthError
+from histosynth.runfolder import RunFolder
 from histosynth.workspace import Workspace
 from test_latents import TILE, tiles_template  # noqa: F401  (session fixture: real tiles + embeddings)
 
@@ -82,7 +83,9 @@ def test_short_run_beats_predict_zero_and_loads_with_diffusers(ws):
     assert DDPMScheduler.from_pretrained(run / "scheduler").config.beta_schedule == "scaled_linear"
     index = json.loads((run / "model_index.json").read_text())
     assert set(index) >= {"unet", "unet_ema", "vae", "scheduler"}
-    assert json.loads((run / "text_encoder.json").read_text())["context_length"] == 16
+    condition = RunFolder(run).read_condition()
+    assert condition.context_length == 16 and condition.budget == 35 and condition.width == 384
+    assert condition.source_workspace == str(ws.root.resolve()) and condition.template == "{summary}"
     assert (run / "samples" / "validation" / "step-40.png").exists()
 
 

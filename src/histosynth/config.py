@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: one rule for every float field; `train.lr=inf` or `sample.guidance=nan`
+    # is refused in one line naming the field, never trained or sampled with.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SplitConfig(Section):

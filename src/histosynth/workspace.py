@@ -119,6 +119,11 @@ class Workspace:
     def latent_dir(self, vae_id: str) -> Path:
         return self.latents_dir / vae_id
 
+    @property
+    def latents_result_path(self) -> Path:
+        """Which latent cache is current: the typed result of the last `encode` (latents.store)."""
+        return self.latents_dir / "result.json"
+
     # evaluation, experiments
     @property
     def eval_cache_dir(self) -> Path:
