@@ -4,8 +4,9 @@
     unet_ema/      EMA weights as a plain UNet2DConditionModel (when the run keeps EMA)
     optimizer.pt   AdamW state (loaded with weights_only=True)
     state.json     step, LR schedule state, EMA step, world size, batch, seed, and `loss`: the
-                   run's first-step loss and the losses of the steps since the previous checkpoint
-                   (mean, max, last), so the NaN guard can name a checkpoint that had not diverged
+                   run's first-step loss, the losses of the steps since the previous checkpoint
+                   (mean, max, last) and the loss of the saved weights on a fixed batch, so the NaN
+                   guard can name a checkpoint that had not diverged
     rng.pt         torch / numpy / python RNG states (batches use their own seeded generators)
 
 Data position needs no state: batches are a function of the step (see data.py). The run's top-level
@@ -114,13 +115,14 @@ def weights_finite(checkpoint: Path) -> bool:
 
 
 def is_good(checkpoint: Path) -> bool:
-    """Finite weights, and the losses that led to it finite and below GOOD_LOSS_FACTOR x the first step's."""
-    stats = read_json(checkpoint / STATE).get("loss")
-    if not stats or stats.get("max") is None or stats.get("initial") is None:
+    """Finite weights; the losses that led to it, and the loss of its own weights on a fixed batch,
+    finite and below GOOD_LOSS_FACTOR x the run's first-step loss."""
+    stats = read_json(checkpoint / STATE).get("loss") or {}
+    values = [stats.get("initial"), stats.get("max"), stats.get("saved_weights")]
+    if any(v is None or not math.isfinite(v) for v in values):
         return False
-    if not (math.isfinite(stats["max"]) and math.isfinite(stats["initial"])):
-        return False
-    return stats["max"] <= GOOD_LOSS_FACTOR * max(stats["initial"], 1e-8) and weights_finite(checkpoint)
+    limit = GOOD_LOSS_FACTOR * max(stats["initial"], 1e-8)
+    return stats["max"] <= limit and stats["saved_weights"] <= limit and weights_finite(checkpoint)
 
 
 def last_good_checkpoint(run: RunFolder) -> Path | None:

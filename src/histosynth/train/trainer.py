@@ -60,6 +60,11 @@ def make_accelerator(tc):
 
 
 def diffusion_loss(unet, batch: Batch, noise_scheduler, accelerator, tc) -> torch.Tensor:
+    """The training step's loss (see denoising_loss)."""
+    return denoising_loss(unet, batch, noise_scheduler, accelerator, tc)
+
+
+def denoising_loss(unet, batch: Batch, noise_scheduler, accelerator, tc) -> torch.Tensor:
     """MSE between the U-Net's prediction and the target (eps or v), optionally Min-SNR weighted."""
     device = accelerator.device
     latents, noise, t = batch.latents.to(device), batch.noise.to(device), batch.timesteps.to(device)
@@ -278,7 +283,8 @@ def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True
                 if tc.validate_every and done % tc.validate_every == 0 and done < tc.steps:
                     validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, done)
                 if done % tc.checkpoint_every == 0 or done == tc.steps:
-                    save_all(run, done, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc, guard.take())
+                    save_all(run, done, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc, guard.take(),
+                             lambda: probe_loss(raw_unet, data, noise_scheduler, accelerator, tc))
             accelerator.wait_for_everyone()
             # the exported weights are the final checkpoint's, also when a kill came right after it
             weights = export_checkpoint(run, run.checkpoint_dir(tc.steps)) if main else {}
@@ -347,14 +353,28 @@ def ema_or(unet, ema):
     return ema_unet(unet, ema).to(next(unet.parameters()).device) if ema is not None else unet
 
 
-def save_all(run, step, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc, losses: dict) -> None:
-    """Checkpoint, then make the run's top-level unet/ (and unet_ema/) copies of it for sampling."""
+def save_all(run, step, raw_unet, ema, optimizer, lr_scheduler, accelerator, tc, losses: dict, probe) -> None:
+    """Checkpoint, then make the run's top-level unet/ (and unet_ema/) copies of it for sampling.
+
+    `probe()` is the loss of the weights being saved on a fixed batch: the losses logged before a
+    checkpoint were computed before its last update, so they cannot vouch for its weights alone."""
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        losses = {**losses, "saved_weights": probe()}
         extra = {"world_batch": tc.batch_size * accelerator.num_processes, "seed": tc.seed, "loss": losses}
         path = save_checkpoint(run, step, raw_unet, ema, optimizer, lr_scheduler, extra, keep=tc.keep_checkpoints)
         export_checkpoint(run, path)
     accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def probe_loss(unet, data: TrainData, noise_scheduler, accelerator, tc) -> float | None:
+    """The training loss of `unet` on a fixed held-out batch (None when not finite: JSON-safe)."""
+    was_training = unet.training
+    unet.eval()
+    loss = float(denoising_loss(unet, data.heldout(tc.heldout_tiles, noise_scheduler), noise_scheduler, accelerator, tc))
+    unet.train(was_training)
+    return loss if math.isfinite(loss) else None
 
 
 def validate(run, writer, raw_unet, ema, vae, data, cfg, accelerator, step) -> None:
