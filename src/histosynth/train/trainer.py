@@ -227,6 +227,9 @@ def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True
             check_resumable(run, cfg)
             state = load_checkpoint(checkpoint, unet, ema, optimizer, lr_scheduler)
             start = int(state["step"])
+            if start > tc.steps:
+                raise HistosynthError(f"{checkpoint}: the run is at step {start}, past train.steps={tc.steps}; "
+                                      f"set train.steps >= {start}, or use --no-resume or another --name")
             if state.get("world_batch") != tc.batch_size * world:
                 warn(f"{checkpoint}: saved with a global batch of {state.get('world_batch')}, now {tc.batch_size * world}")
             info(f"resuming {run.name} from step {start}")
