@@ -207,3 +207,31 @@ def test_adopted_pretrained_vae_gets_the_data_scaling_factor(tile_ws, tmp_path):
     results = json.loads((tile_ws.vae_dir / "manifest.json").read_text())["results"]
     assert results["downsample_factor"] == 8 and results["final_loss"] is None  # adopted, not trained
     assert vae.config.scaling_factor == pytest.approx(results["scaling_factor"]) and vae.config.scaling_factor != 0.18215
+
+
+def test_train_re_encodes_when_the_vae_changed_after_encode(tile_ws, capsys):
+    """Latents of an older WS/vae/ are stale once train-vae wrote another: training re-encodes them."""
+    from histosynth.latents.encode import encode_workspace
+    from histosynth.latents.store import LatentsResult, vae_id
+    from histosynth.latents.vae import build_vae
+    from histosynth.train.data import TrainData
+
+    cfg = load_config("tiny-cpu", overrides=TINY)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        vae = build_vae(cfg.vae, sample_size=TILE)
+        vae.register_to_config(scaling_factor=0.5)
+        vae.save_pretrained(tile_ws.vae_dir)
+        if seed == 0:
+            encode_workspace(tile_ws, cfg)
+    old = LatentsResult.read(tile_ws).vae_id
+    capsys.readouterr()
+    data = TrainData(tile_ws, cfg, budget=35)
+    assert "changed since `histosynth encode`" in capsys.readouterr().err
+    assert data.latents_result.vae_id == vae_id(tile_ws.vae_dir) != old
+    with torch.no_grad():
+        from histosynth.imageio import to_unit_range
+        from histosynth.slides.store import TileStore
+
+        fresh = vae.encode(to_unit_range(TileStore(tile_ws).get(data.train_ids[:4]))).latent_dist.mean
+    assert torch.allclose(data.latents[:4], fresh * 0.5, atol=1e-5)
