@@ -370,3 +370,13 @@ def train_small(ws):
     from histosynth.train.trainer import train
 
     return train(ws, config("train.steps=1", "train.checkpoint_every=1", "train.validation_images=0"), budget=35)
+
+
+def test_a_second_train_of_the_same_run_is_refused_naming_the_first(ws):
+    from histosynth.locks import stage_lock
+    from histosynth.train.trainer import train
+
+    with stage_lock(ws.lock_path("train-budget-35"), "train"):  # as a running `histosynth train` holds it
+        with pytest.raises(HistosynthError, match=rf"another `histosynth train` \(PID {os.getpid()}\) is running"):
+            train(ws, config("train.steps=1"), budget=35)
+    assert not ws.run("budget-35").path.exists()

@@ -18,6 +18,7 @@ import torch
 from ..console import HistosynthError, info, track
 from ..fileio import atomic_path, write_json
 from ..imageio import to_uint8, to_unit_range
+from ..locks import stage_lock
 from ..manifest import recording
 from ..slides.dataset import dihedral
 from ..status import WorkLog, inputs_hash
@@ -101,7 +102,7 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
     if index["tile_key"].duplicated().any():
         raise HistosynthError(f"{ws.tile_index_path}: duplicate tiles ({index['tile_key'][index['tile_key'].duplicated()].iloc[0]})")
     store = TileStore(ws, index)
-    with recording("encode", out, config=cfg) as manifest:
+    with stage_lock(ws.lock_path("encode"), "encode"), recording("encode", out, config=cfg) as manifest:
         manifest.add_input(ws.tile_index_path, "tiles/index.parquet")
         where = encode_missing(out, WorkLog(ws.status_path(out)), vae, store, index, cfg)
         shape = list(load_shard(out, next(iter(where.values()))[0])["latents"].shape[1:])

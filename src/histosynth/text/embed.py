@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..console import HistosynthError, info, track, warn
 from ..fileio import atomic_path, hash_input, text_hash, write_json
+from ..locks import stage_lock
 from ..manifest import recording
 from ..workspace import Workspace
 from .condition import context_length_for, score_column, template_fields, tile_condition_text
@@ -37,7 +38,7 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
     out = embeddings_dir(ws, budget, enc.name, length)
     texts = unique_texts(tiles, enc, length, budget)
 
-    with recording("embed", out, config=cfg) as manifest:
+    with stage_lock(ws.lock_path("embed"), "embed"), recording("embed", out, config=cfg) as manifest:
         manifest.add_input(index_path, "tiles/index.parquet")
         manifest.add_input(summaries_path, summaries_path.name)
         settings = {

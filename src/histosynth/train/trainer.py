@@ -24,6 +24,7 @@ from ..console import HistosynthError, info, warn
 from ..fileio import atomic_dir
 from ..imageio import contact_sheet, save_png, to_uint8
 from ..latents.store import TILES_NAME
+from ..locks import stage_lock
 from ..latents.vae import decode, load_vae
 from ..manifest import recording
 from ..runfolder import Condition, RunFolder
@@ -181,15 +182,20 @@ def train(ws, cfg, budget: int, run_name: str | None = None, resume: bool = True
     A run that finished from the same config and data is left as it is (and says so); a run killed
     at any point resumes from its last checkpoint, and its exported weights are that checkpoint's.
     """
+    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
+    run = ws.run(run_name or f"budget-{budget}")
+    with stage_lock(ws.lock_path(f"train-{run.name}"), "train"):  # one process group per run folder
+        return train_run(ws, cfg, budget, run, resume)
+
+
+def train_run(ws: Workspace, cfg, budget: int, run: RunFolder, resume: bool) -> Path:
     from diffusers import UNet2DConditionModel  # noqa: F401  (imported before the memory baseline)
     from diffusers.optimization import get_constant_schedule_with_warmup
     from diffusers.training_utils import EMAModel
 
-    ws = ws if isinstance(ws, Workspace) else Workspace(ws)
     tc = cfg.train
     accelerator = make_accelerator(tc)
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
-    run = ws.run(run_name or f"budget-{budget}")
     if tc.checkpoint_every < 1 or tc.keep_checkpoints < 1:
         raise ConfigError("train.checkpoint_every and train.keep_checkpoints must be at least 1")
 
