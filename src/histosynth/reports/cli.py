@@ -77,4 +77,4 @@ def summary_stats(
         width = max(s["histogram"].values(), default=1)
         for label, n in s["histogram"].items():
             console.print(f"  {label:>9} tokens | {'#' * max(1, round(40 * n / width))} {n}")
-    write_json(ws.summaries_dir / "stats.json", stats)
+    write_json(ws.summary_stats_path, stats)

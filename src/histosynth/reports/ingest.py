@@ -122,7 +122,7 @@ def ingest_reports(ws: Workspace, cfg: HistoSynthConfig, source: Path) -> dict:
         with atomic_path(ws.reports_path) as tmp:
             table.to_parquet(tmp, index=False)
         result = link_summary(table, slides)
-        write_json(ws.reports_dir / "links.json", result)
+        write_json(ws.report_links_path, result)
         manifest.results.update({k: v for k, v in result.items() if not isinstance(v, list)})
     empty = int((table.n_chars == 0).sum())
     if empty:
