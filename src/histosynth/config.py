@@ -18,6 +18,9 @@ PRESETS = ("tiny-cpu", "pathldm", "rao-gupta")
 DEFAULT_PRESET = "tiny-cpu"
 
 
+CONFIG_FILE = "histosynth.yaml"   # a workspace's and a run's resolved config
+
+
 class ConfigError(ValueError):
     """A configuration problem, reported as one line naming the field (exit code 2)."""
 
