@@ -71,19 +71,11 @@ class Workspace:
         return self.reports_dir / "links.json"
 
     @property
-    def summaries_cache_path(self) -> Path:
-        return self.summaries_dir / "cache.sqlite"
-
-    @property
     def summary_stats_path(self) -> Path:
         return self.summaries_dir / "stats.json"
 
     def summaries_manifest_path(self, budget: int) -> Path:
         return self.summaries_dir / f"manifest-budget-{budget}.json"
-
-    @property
-    def summaries_lock_path(self) -> Path:
-        return self.summaries_dir / ".summarize.lock"
 
     @property
     def embeddings_dir(self) -> Path:

@@ -102,11 +102,19 @@ def ingest_reports(ws: Workspace, cfg: HistoSynthConfig, source: Path) -> dict:
         if not rows:
             raise HistosynthError(f"{source}: no reports")
         by_case: dict[str, dict] = {}
+        duplicates = 0
         for r in rows:  # several reports of one case are kept together, in source order
             case = by_case.setdefault(r["case_id"], {"case_id": r["case_id"], "source_ids": [], "texts": [], "raw": 0})
+            text = clean_text(r["text"])
+            if text and text in case["texts"]:  # the same report twice would double the case's text
+                duplicates += 1
+                continue
             case["source_ids"].append(r["source_id"])
-            case["texts"].append(clean_text(r["text"]))
+            case["texts"].append(text)
             case["raw"] += len(r["text"])
+        if duplicates:
+            warn(f"{source}: dropped {duplicates} duplicate report row(s) (same case, identical text)")
+        manifest.results["duplicates_dropped"] = duplicates
         split = ws.assign_split(list(by_case), cfg.split.test_fraction, cfg.split.seed)
         slides = read_tile_slides(ws)
         records = []

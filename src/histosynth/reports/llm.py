@@ -26,7 +26,7 @@ import yaml
 from ..config import SummariesConfig
 from ..console import HistosynthError
 from ..tokenizers import Tokenizer
-from .extractive import compress_sentences, problems, summarize_report
+from .extractive import BACKEND_MODEL, PROMPT_VERSION, compress_sentences, problems, summarize_report
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
@@ -267,18 +267,24 @@ class LLMSummarizer:
             if compressed is None:
                 compressed, how = summarize_report(text, self.budget, self.tokenizer).text, "extractive"
             log.append({"fallback": how})
-            return self.row(case_id, compressed, extracted, self.cfg.max_attempts, "fallback", log, last, redactions)
+            return self.row(case_id, compressed, extracted, self.cfg.max_attempts, "fallback", log, last, redactions,
+                            llm_wrote=how == "sentences")
         except RequestFailed as exc:
             log.append({"error": str(exc)})
             fallback = summarize_report(text, self.budget, self.tokenizer)
             attempts = sum("attempt" in e for e in log) + 1  # the attempt whose request failed
-            return self.row(case_id, fallback.text, list(fallback.findings), attempts, "error", log, last, redactions)
+            return self.row(case_id, fallback.text, list(fallback.findings), attempts, "error", log, last, redactions,
+                            llm_wrote=False)
 
-    def row(self, case_id, summary, findings, attempts, status, log, last: Reply, redactions) -> dict:
+    def row(self, case_id, summary, findings, attempts, status, log, last: Reply, redactions,
+            llm_wrote: bool = True) -> dict:
+        """A row names the backend that wrote its text: the extractive one when the LLM failed or was replaced."""
+        writer = ("openai", self.cfg.model, self.prompt.version) if llm_wrote else \
+            ("extractive", BACKEND_MODEL, PROMPT_VERSION)
         return {
             "case_id": case_id, "budget": self.budget, "summary": summary,
-            "n_tokens": self.tokenizer.count(summary), "tokenizer": self.tokenizer.name, "backend": "openai",
-            "model": self.cfg.model, "prompt_version": self.prompt.version, "attempts": attempts,
+            "n_tokens": self.tokenizer.count(summary), "tokenizer": self.tokenizer.name, "backend": writer[0],
+            "model": writer[1], "prompt_version": writer[2], "requested_model": self.cfg.model, "attempts": attempts,
             "status": status, "findings": findings, "reply_model": last.model,
             "system_fingerprint": last.system_fingerprint,
             "requests": sum(e.get("requests", 0) for e in log), "redactions": redactions,

@@ -11,9 +11,10 @@ import json
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import TYPE_CHECKING
 
-from ..config import HistoSynthConfig
+from ..config import ConfigError, HistoSynthConfig, SummariesConfig
 from ..console import HistosynthError, info, make_progress, warn
 from ..fileio import atomic_path
+from ..locks import stage_lock
 from ..manifest import recording
 from ..tokenizers import Tokenizer, tokenizer_for
 from ..workspace import Workspace
@@ -27,10 +28,27 @@ if TYPE_CHECKING:
 COLUMNS = ("case_id", "budget", "summary", "n_tokens", "tokenizer", "backend", "model", "prompt_version",
            "attempts", "status", "findings")
 EXTRA = ("split", "n_found", "requests", "system_fingerprint", "attempt_log")
+# Reports longer than this are summarized from their first MAX_REPORT_CHARS characters (with a warning):
+# real pathology reports are 1-20 kB; longer "reports" are concatenated exports or OCR garbage.
+MAX_REPORT_CHARS = 200_000
 
 
-def cache_path(ws: Workspace):
-    return ws.summaries_dir / "cache.sqlite"
+def check_budget(budget: int, option: str = "--budget") -> int:
+    """A budget by the config's own rule (summaries.budget), as a one-line error naming the option."""
+    from pydantic import ValidationError
+
+    try:
+        SummariesConfig(budget=budget)
+    except ValidationError as exc:
+        raise ConfigError(f"{option} {budget}: {exc.errors()[0]['msg']}") from None
+    return budget
+
+
+def capped(case_id: str, text: str, long_cases: list[str]) -> str:
+    if len(text) > MAX_REPORT_CHARS:
+        long_cases.append(case_id)
+        return text[:MAX_REPORT_CHARS]
+    return text
 
 
 def extractive_row(case_id: str, text: str, budget: int, tokenizer: Tokenizer) -> dict:
@@ -53,22 +71,38 @@ def key_params(cfg: HistoSynthConfig, backend: str) -> dict:
 
 def summarize_workspace(ws: Workspace, cfg: HistoSynthConfig, budget: int, backend: str | None = None,
                         refresh: bool = False, regenerate=()) -> pd.DataFrame:
-    """Summarize every report at `budget` tokens; writes and returns `summaries/budget-<N>.parquet`."""
+    """Summarize every report at `budget` tokens; writes and returns `summaries/budget-<N>.parquet`.
+
+    Raises HistosynthError (after writing the table) when any case failed on the LLM backend: those rows
+    hold the extractive summary and say so (backend "extractive", status "error"); a rerun retries them.
+    """
     backend = backend or cfg.summaries.backend
     if backend not in ("extractive", "openai"):
-        raise HistosynthError(f"--backend {backend}: choose extractive or openai")
+        raise ConfigError(f"--backend {backend}: choose extractive or openai")
+    check_budget(budget)
+    with stage_lock(ws.lock_path("summarize"), "summarize"):
+        return _summarize_locked(ws, cfg, budget, backend, refresh, set(regenerate))
+
+
+def _summarize_locked(ws: Workspace, cfg: HistoSynthConfig, budget: int, backend: str, refresh: bool,
+                      regenerate: set[str]) -> pd.DataFrame:
     reports = read_reports(ws)
+    long_cases: list[str] = []
+    reports = reports.assign(text=[capped(c, t, long_cases) for c, t in zip(reports.case_id, reports.text)])
+    if long_cases:
+        warn(f"{len(long_cases)} report(s) longer than {MAX_REPORT_CHARS // 1000} kB are summarized from their "
+             f"first {MAX_REPORT_CHARS // 1000} kB: {', '.join(long_cases[:10])}{' ...' if len(long_cases) > 10 else ''}")
     tokenizer = tokenizer_for(cfg)
     params = key_params(cfg, backend)
-    regenerate = set(regenerate)
     unknown = regenerate - set(reports.case_id)
     if unknown:
         warn(f"--regenerate: no report for {', '.join(sorted(unknown))}")
     keys = {c: cache_key(text=t, budget=budget, tokenizer=tokenizer.name, **params)
             for c, t in zip(reports.case_id, reports.text)}
-    cache = SummaryCache(cache_path(ws))
-    with recording("summarize", ws.summaries_dir, config=cfg, seeds={"llm": cfg.summaries.seed},
-                   filename=f"manifest-budget-{budget}.json") as manifest:
+    cache = SummaryCache(ws.summaries_cache_path)
+    manifest_path = ws.summaries_manifest_path(budget)
+    with recording("summarize", manifest_path.parent, config=cfg, seeds={"llm": cfg.summaries.seed},
+                   filename=manifest_path.name) as manifest:
         manifest.add_input(ws.reports_path, "reports")
         cached = {} if refresh else cache.get_many(list(keys.values()))
         rows = {c: cached[k] for c, k in keys.items() if k in cached and c not in regenerate}
@@ -84,9 +118,21 @@ def summarize_workspace(ws: Workspace, cfg: HistoSynthConfig, budget: int, backe
             "statuses": {str(k): int(v) for k, v in table.status.value_counts().items()},
             "within_budget": float((table.n_tokens <= budget).mean()) if len(table) else 1.0,
             "redactions": redaction_totals(table) if backend == "openai" else {},
+            "long_reports_capped": long_cases,
         })
-    cache.close()
+        failed = sorted(c for c, r in rows.items() if r["status"] == "error")
+        manifest.results["failed_cases"] = failed
+        cache.close()
+        if failed:
+            raise HistosynthError(failure_message(failed, len(rows), rows[failed[0]]))
     return table
+
+
+def failure_message(failed: list[str], total: int, example: dict) -> str:
+    reason = next((e["error"] for e in json.loads(example.get("attempt_log") or "[]") if "error" in e), "request failed")
+    shown = ", ".join(failed[:20]) + (f" and {len(failed) - 20} more" if len(failed) > 20 else "")
+    return (f"summarize: {len(failed)} of {total} case(s) failed on the LLM backend ({reason.split(';')[0]}): {shown}; "
+            f"their rows hold the extractive summary (backend=extractive, status=error); rerun to retry them")
 
 
 def run_cases(todo, cfg, budget, backend, tokenizer, keys, cache, rows) -> int:
