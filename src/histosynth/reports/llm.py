@@ -57,27 +57,11 @@ def load_prompt(version: str, findings: list[str] | None = None) -> Prompt:
 
 
 # ---- redaction --------------------------------------------------------------------------------
-_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
-REDACTIONS = (
-    ("name", re.compile(r"(\b(?i:patient|name|patient name)\s?:)[ \t]*[A-Z][A-Za-z'-]+(?:,?[ \t]+[A-Z][A-Za-z'-]*){0,3}"),
-     r"\1 [NAME]"),
-    ("record_number", re.compile(r"(\b(?i:mrn|m\.r\. number|medical record(?: number| no\.?)?|accession(?: number| no\.?)?|"
-                                 r"account number|record number|case number)\s?[:#]?)[ \t]*[A-Z0-9][A-Z0-9-]{3,}"),
-     r"\1 [ID]"),
-    ("date", re.compile(rf"\b\d{{1,2}}[/.-]\d{{1,2}}[/.-]\d{{2,4}}\b|\b\d{{4}}-\d{{2}}-\d{{2}}\b|"
-                        rf"\b{_MONTHS}\s+\d{{1,2}},?\s+\d{{4}}\b|\b\d{{1,2}}\s+{_MONTHS}\s+\d{{4}}\b", re.IGNORECASE), "[DATE]"),
-    ("phone", re.compile(r"(?:\(\d{3}\)\s?|\b\d{3}[\s.-])\d{3}[\s.-]\d{4}\b"), "[PHONE]"),
-)
-
-
 def redact(text: str) -> tuple[str, dict[str, int]]:
-    """Mask obvious personal identifiers; returns the text and how many of each kind were masked."""
-    counts = {}
-    for kind, pattern, repl in REDACTIONS:
-        text, n = pattern.subn(repl, text)
-        if n:
-            counts[kind] = n
-    return text, counts
+    """Identifiers out (histosynth.reports.redact, Presidio): imported only for non-local backends."""
+    from .redact import redact as presidio_redact
+
+    return presidio_redact(text)
 
 
 def is_local(base_url: str | None) -> bool:
@@ -224,6 +208,10 @@ class LLMSummarizer:
         self.prompt = load_prompt(cfg.prompt, cfg.findings or None)
         self.client = client or ChatClient(cfg)
         self.redacting = cfg.redact and not is_local(cfg.base_url)
+        if self.redacting:  # fail before the first request when the deid extra is missing
+            from .redact import analyzer
+
+            analyzer()
 
     def fill(self, template: str, report: str, problems_text: str = "") -> str:
         words = max(3, round(self.budget * self.prompt.words_per_token))
