@@ -60,6 +60,16 @@ def compose(findings: list[Finding], budget: int, tokenizer: Tokenizer) -> tuple
     return parts, dropped
 
 
+def _head(form: str, budget: int, tokenizer: Tokenizer) -> list[str]:
+    """The longest word suffix of `form` that fits ("renal cell carcinoma" -> "cell carcinoma" -> "carcinoma")."""
+    words = form.split()
+    for k in range(1, len(words)):
+        tail = " ".join(words[k:])
+        if tail.split()[0].lower() not in DANGLING and tokenizer.count(render([tail])) <= budget:
+            return [tail]
+    return []
+
+
 def _fits(findings: list[Finding], chosen: dict[int, int], budget: int, tokenizer: Tokenizer) -> bool:
     text = render([findings[i].forms[j] for i, j in sorted(chosen.items())])
     return tokenizer.count(text) <= budget
@@ -70,6 +80,9 @@ def summarize_report(text: str, budget: int, tokenizer: Tokenizer) -> Summary:
     findings = find_findings(text)
     parts, dropped = compose(findings, budget, tokenizer)
     status = "ok"
+    if not parts and findings:  # not even the shortest form fits: its head words ("... carcinoma"), never "No findings."
+        parts = _head(findings[0].forms[-1], budget, tokenizer)
+        dropped = dropped[1:] if parts else dropped
     summary = render(parts)
     if not summary:
         summary, status = NO_FINDINGS, "no-findings"
