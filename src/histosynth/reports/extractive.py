@@ -78,11 +78,13 @@ def _fits(findings: list[Finding], chosen: dict[int, int], budget: int, tokenize
 def summarize_report(text: str, budget: int, tokenizer: Tokenizer) -> Summary:
     """The image-relevant findings of one report as a complete summary of at most `budget` tokens."""
     findings = find_findings(text)
+    if findings and tokenizer.count(render([findings[0].forms[-1]])) > budget:
+        # the most important finding does not fit even in its shortest form: keep its head words
+        # ("renal cell carcinoma" -> "carcinoma") rather than lose it to less important ones
+        head = _head(findings[0].forms[-1], budget, tokenizer)
+        findings[0] = Finding(findings[0].kind, findings[0].forms + tuple(head))
     parts, dropped = compose(findings, budget, tokenizer)
     status = "ok"
-    if not parts and findings:  # not even the shortest form fits: its head words ("... carcinoma"), never "No findings."
-        parts = _head(findings[0].forms[-1], budget, tokenizer)
-        dropped = dropped[1:] if parts else dropped
     summary = render(parts)
     if not summary:
         summary, status = NO_FINDINGS, "no-findings"

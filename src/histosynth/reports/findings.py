@@ -141,7 +141,7 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("lymphoma", r"\blymphoma"),
     ("neuroendocrine carcinoma", r"\bneuroendocrine\W+carc\w*"),
     ("neuroendocrine tumour", r"\bneuroendocrine\W+tumou?r"),
-    ("adenocarcinoma", r"\badenocarc\w*"),
+    ("adenocarcinoma", r"\badeno\W{0,3}carc\w*"),  # OCR: "ADENO- CARCINOMA"
 )
 _TYPES = tuple((name, re.compile(p, FLAGS)) for name, p in TYPES)
 # "70 % micropapillary", "micropapillary component (30%)": a growth pattern with a stated share.
