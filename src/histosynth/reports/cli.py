@@ -63,7 +63,8 @@ def summarize(
     cfg = cfg.model_copy(update={"summaries": cfg.summaries.model_copy(update=flags)})
     budget = cfg.summaries.budget if budget is None else budget
     cases = [c.strip() for c in (regenerate or "").split(",") if c.strip()]
-    table = summarize_workspace(ws, cfg, budget, backend=cfg.summaries.backend, refresh=refresh, regenerate=cases)
+    table = summarize_workspace(ws, cfg, budget, backend=cfg.summaries.backend, refresh=refresh, regenerate=cases,
+                                frame=False)
     info(f"summarize: {len(table)} summaries -> {ws.summaries_path(budget)}")
 
 

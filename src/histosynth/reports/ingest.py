@@ -156,6 +156,14 @@ def link_summary(table, slides) -> dict:
     }
 
 
+def read_report_columns(ws: Workspace, columns: list[str]) -> dict[str, list]:
+    """Columns of `reports.parquet` as lists, read with pyarrow alone (no pandas: light commands start fast)."""
+    import pyarrow.parquet as pq
+
+    path = ws.require(ws.reports_path, "reports SOURCE --workspace WS")
+    return pq.ParquetFile(path).read(columns=columns).to_pydict()  # read_table would import pandas (via datasets)
+
+
 def read_reports(ws: Workspace):
     import pandas as pd
 
