@@ -29,9 +29,33 @@ TRACKED_PACKAGES = (
 SECRET_MARKERS = ("key", "token", "secret", "password")
 
 
+def _normal(name: str) -> str:
+    return name.lower().replace("-", "_").replace(".", "_")
+
+
+def _dist_info_versions() -> dict[str, str]:
+    """{normalised name: version} from the `*.dist-info` folder names on sys.path: one directory listing
+    per path entry instead of a metadata search per package (~0.1 s of every light command's start)."""
+    found: dict[str, str] = {}
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            continue
+        for folder in names:
+            if folder.endswith(".dist-info") and "-" in folder:
+                name, version = folder[:-len(".dist-info")].rsplit("-", 1)
+                found.setdefault(_normal(name), version)
+    return found
+
+
 def package_versions(names: tuple[str, ...] = TRACKED_PACKAGES) -> dict[str, str]:
     versions = {"python": platform.python_version()}
+    listed = _dist_info_versions()
     for name in names:
+        if _normal(name) in listed:
+            versions[name] = listed[_normal(name)]
+            continue
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

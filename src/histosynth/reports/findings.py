@@ -13,6 +13,7 @@ finding is never cut.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -143,10 +144,14 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("neuroendocrine tumour", r"\bneuroendocrine\W+tumou?r"),
     ("adenocarcinoma", r"\badeno\W{0,3}carc\w*"),  # OCR: "ADENO- CARCINOMA"
 )
-_TYPES = tuple((name, re.compile(p, FLAGS)) for name, p in TYPES)
-# The same patterns (all lower-case literals) run on the lower-cased text: case-insensitive matching
-# makes Python's re several times slower, and every report runs ~60 of them.
-_TYPES_LOWER = tuple((name, re.compile(p)) for name, p in TYPES)
+# The patterns (all lower-case literals) run on the lower-cased text: case-insensitive matching makes
+# Python's re several times slower. Each is compiled on first use (most reports need few of them).
+_TYPE_PATTERNS = dict(TYPES)
+
+
+@functools.lru_cache(maxsize=None)
+def _type_regex(name: str, ignore_case: bool) -> re.Pattern:
+    return re.compile(_TYPE_PATTERNS[name], FLAGS if ignore_case else 0)
 
 
 def _branches(pattern: str) -> list[str]:
@@ -233,11 +238,11 @@ def type_mentions(text: str) -> list[TypeMentions]:
     full: set[str] = set()
     lowered = text.lower()
     fast = len(lowered) == len(text)  # a few characters change length when lower-cased: then match ignoring case
-    for name, pattern in (_TYPES_LOWER if fast else _TYPES):
+    for name, _ in TYPES:
         keys = _TYPE_KEYS[name]
         if keys is not None and not any(k in lowered for k in keys):
             continue
-        for m in pattern.finditer(lowered if fast else text):
+        for m in _type_regex(name, not fast).finditer(lowered if fast else text):
             s, e = m.span()
             if covered.find(1, s, e) != -1:
                 continue  # part of a more specific type's mention
