@@ -28,6 +28,7 @@ CSS = """
 .tile img, .tile canvas, .grid img {image-rendering: pixelated}
 #hs-header {border-bottom: 1px solid var(--border-color-primary); padding-bottom: 6px}
 #hs-header h1 {font-size: 1.35rem; margin: 0}
+.prose table {font-size: 0.88rem} .prose td, .prose th {padding: 3px 8px !important}
 .hs-banner {background: #fff4e5; border-left: 4px solid #d9822b; padding: 6px 10px; font-size: 0.9rem}
 .hs-verdict {font-size: 0.92rem}
 .hs-count-ok {color: #1f6f43} .hs-count-over {color: #b42318; font-weight: 600}
@@ -163,7 +164,7 @@ def generate_tab(state: AppState) -> None:
                     width = gr.Number(px, precision=0, interactive=False, label="Width (px, one tile)")
             go = gr.Button("Generate", variant="primary", elem_id="hs-generate")
         with gr.Column(scale=3):
-            grid = gr.Gallery(label="Generated (synthetic)", columns=4, height="auto", object_fit="contain",
+            grid = gr.Gallery(label="Generated (synthetic)", columns=4, height=300, object_fit="contain",
                               elem_id="hs-grid", elem_classes=["grid"], format="png")
             status = gr.Markdown(elem_id="hs-status")
     gr.Markdown("### Each image beside its nearest training tile")
@@ -229,14 +230,16 @@ def metrics_md(state: AppState) -> str:
     scores, where = state.records.metrics()
     if scores is None:
         return "No `eval.json` in this run yet: run `histosynth evaluate --out RUN/eval ...` to add metrics."
-    lines = [f"From `{where}`.", "", "| metric | value |", "|---|---|"]
+    lines = [f"**Metrics** from `{where}`", "", "| metric | value |", "|---|---|"]
     for name, value in scores.get("metrics", {}).items():
         if isinstance(value, dict):
-            lines += [f"| {name}.{k} | {v:.4g} |" for k, v in value.items() if isinstance(v, (int, float))]
+            lines += [f"| {name} {k.replace('_', ' ')} | {v:.4g} |" for k, v in value.items()
+                      if isinstance(v, (int, float))]
         elif isinstance(value, (int, float)):
             lines.append(f"| {name} | {value:.4g} |")
-    for name, reason in scores.get("skipped", {}).items():
-        lines.append(f"| {name} | skipped: {reason} |")
+    skipped = scores.get("skipped", {})
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(f"**{name}** ({reason.split(':')[0]})" for name, reason in skipped.items())]
     return "\n".join(lines)
 
 
@@ -259,12 +262,15 @@ def loss_figure(state: AppState):
 
 
 def run_tab(state: AppState) -> None:
-    gr.Markdown(metrics_md(state))
-    figure = loss_figure(state)
-    if figure is not None:
-        gr.Plot(figure, label="Loss curve (logs/loss.csv)", format="png")
-    else:
-        gr.Markdown("No `logs/loss.csv` in this run.")
+    with gr.Row():
+        with gr.Column(scale=2):
+            gr.Markdown(metrics_md(state))
+        with gr.Column(scale=3):
+            figure = loss_figure(state)
+            if figure is not None:
+                gr.Plot(figure, label="Loss curve (logs/loss.csv)", format="png")
+            else:
+                gr.Markdown("No `logs/loss.csv` in this run.")
     with gr.Accordion("Config (histosynth.yaml of the run)", open=False):
         gr.Code(state.records.config_yaml(), language="yaml")
     with gr.Accordion("Manifest (manifest.json)", open=False):
