@@ -9,7 +9,6 @@ workspace are never served by URL (gradio's `blocked_paths` plus the `Refusal` g
 from __future__ import annotations
 
 import html
-import os
 import tempfile
 from pathlib import Path
 

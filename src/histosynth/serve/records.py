@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..console import HistosynthError
@@ -43,7 +43,6 @@ class Refusal:
 
     protected: list[Path]                       # the run and the workspace: nothing in them by URL
     private_names: tuple[str, ...] = PRIVATE_NAMES
-    reasons: list[str] = field(default_factory=list)
 
     def reason(self, raw: str) -> str | None:
         """None when gradio may go on to its own checks; else why the request is refused."""
