@@ -114,7 +114,7 @@ def test_non_loopback_host_without_credentials_refuses_to_start(tmp_path):
 
 
 def test_prompt_builder_fills_the_run_template():
-    from histosynth.sample.pipeline import TextSettings
+    from histosynth.runfolder import Condition as TextSettings
     from histosynth.serve.backend import build_prompt
 
     settings = TextSettings(encoder="clip", context_length=77, template="{tumor} tumor; {til} til; {summary}",

@@ -141,8 +141,8 @@ def generate_tab(state: AppState) -> None:
                 htype = gr.Dropdown(list(backend.HISTOLOGIC_TYPES), label="Histologic type", allow_custom_value=True,
                                     value=backend.HISTOLOGIC_TYPES[0])
                 grade = gr.Radio(list(backend.GRADES), value="grade 2", label="Nottingham grade")
-                level_inputs = [gr.Radio(list(s.levels), value=s.levels[0], label=f"{f} (binned score)")
-                                for f in fields]
+                level_inputs = [gr.Radio(list(backend.field_levels(s, f)), value=backend.field_levels(s, f)[0],
+                                         label=f"{f} (binned)") for f in fields]
                 notes = gr.Textbox(label="Further findings (optional)", lines=1)
                 build = gr.Button("Fill the template", size="sm")
             with gr.Row():

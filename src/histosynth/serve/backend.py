@@ -28,14 +28,10 @@ MAX_IMAGES = 8
 
 # ---- text -------------------------------------------------------------------------------------
 def text_settings(run_dir: Path):
-    """The run's condition template, levels, context length and budget (`text_encoder.json`)."""
-    from ..fileio import read_json
-    from ..sample.pipeline import TEXT_ENCODER_JSON, TextSettings
+    """The run's condition record: template, levels, context length, budget, descriptor bins."""
+    from ..runfolder import RunFolder
 
-    path = run_dir / TEXT_ENCODER_JSON
-    if not path.exists():
-        raise HistosynthError(f"{path}: not found; is {run_dir} a run folder made by `histosynth train`?")
-    return TextSettings.from_json(read_json(path))
+    return RunFolder(run_dir).read_condition()
 
 
 def run_tokenizer(run_dir: Path, settings):
@@ -63,16 +59,25 @@ def template_fields(settings) -> list[str]:
 
 def build_prompt(settings, histologic_type: str, grade: str, levels: dict[str, str], extra: str = "") -> str:
     """The run's template filled from the builder: the summary from type/grade/notes, score fields from levels."""
-    from ..text.condition import condition_text
-
     parts = [p.strip() for p in (histologic_type, grade) if p and p.strip()]
     summary = ", ".join(parts) + ("." if parts else "")
     if extra.strip():
         summary = f"{summary} {extra.strip()}".strip()
-    names = list(settings.levels)
-    # A level is given as the centre of its probability bin, so `condition_text` bins it back to itself.
-    scores = {f: (names.index(levels.get(f, names[0])) + 0.5) / len(names) for f in template_fields(settings)}
-    return condition_text(settings.template, summary, scores, names)
+    values = {}
+    for f in template_fields(settings):
+        words = field_levels(settings, f)
+        values[f] = levels.get(f, words[0])
+        if values[f] not in words:
+            raise HistosynthError(f"{f}: '{values[f]}' is not one of {', '.join(words)}")
+    # As `text.condition.condition_text` fills it, with the level words chosen instead of binned scores.
+    return settings.template.format(summary=summary, **values).strip()
+
+
+def field_levels(settings, name: str) -> tuple[str, ...]:
+    """Words a template field takes: patch descriptors have their own bins, scores the run's levels."""
+    edges = getattr(settings, "descriptor_edges", None) or {}
+    words = getattr(settings, "descriptor_levels", None)
+    return tuple(words) if name in edges and words else tuple(settings.levels)
 
 
 # ---- generation -------------------------------------------------------------------------------
@@ -86,11 +91,12 @@ def set_sampler(pipe, run_dir: Path, sampler: str) -> None:
     """Swap the sampler as diffusers users do: a new scheduler from the run's training schedule."""
     from diffusers import DDPMScheduler
 
+    from ..runfolder import RunFolder
     from ..schedules import SAMPLERS, sampling_scheduler
 
     if sampler not in SAMPLERS:
         raise HistosynthError(f"sampler {sampler}: choose from {', '.join(SAMPLERS)}")
-    pipe.scheduler = sampling_scheduler(DDPMScheduler.load_config(run_dir / "scheduler"), sampler)
+    pipe.scheduler = sampling_scheduler(DDPMScheduler.load_config(RunFolder(run_dir).scheduler_dir), sampler)
 
 
 def tile_size(pipe) -> int:

@@ -15,10 +15,15 @@ from pathlib import Path
 
 from ..console import HistosynthError
 
-# Files and folders never handed out by URL, whatever their location (lower-case names).
-PRIVATE_NAMES = ("reports.parquet", "cache.sqlite", "histosynth.yaml", "split.json", "links.json")
-LOSS_CSV = Path("logs") / "loss.csv"
-EVAL_NAMES = ("eval.json",)
+EVAL_NAME = "eval.json"   # what `histosynth evaluate` writes
+
+
+def private_names() -> tuple[str, ...]:
+    """Workspace internals never handed out by URL, wherever they lie (lower-case file names)."""
+    from ..workspace import Workspace
+
+    ws = Workspace(".")
+    return tuple(p.name.lower() for p in (ws.reports_path, ws.summaries_cache_path, ws.config_path, ws.split_path))
 
 
 def is_inside(path: Path, root: Path) -> bool:
@@ -42,7 +47,9 @@ class Refusal:
     """Decides whether a file URL may be served: the guard behind every /file= request."""
 
     protected: list[Path]                       # the run and the workspace: nothing in them by URL
-    private_names: tuple[str, ...] = PRIVATE_NAMES
+
+    def __post_init__(self):
+        self.private_names = private_names()
 
     def reason(self, raw: str) -> str | None:
         """None when gradio may go on to its own checks; else why the request is refused."""
@@ -68,17 +75,18 @@ class RunRecords:
     """The run's metrics, loss curve, config and manifest, read only from inside the run."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir = run_dir
+        from ..runfolder import RunFolder
 
-    def _read(self, relative: Path | str) -> str | None:
-        path = self.run_dir / relative
+        self.run_dir, self.folder = run_dir, RunFolder(run_dir)
+
+    def _read(self, path: Path) -> str | None:
         if not path.exists():
             return None
         return checked(path, [self.run_dir]).read_text()
 
     def eval_files(self) -> list[Path]:
         """eval.json files below the run (e.g. RUN/eval/ or RUN/samples/<tag>/eval/), newest first."""
-        found = [p for p in self.run_dir.rglob("eval.json") if p.is_file()]
+        found = [p for p in self.run_dir.rglob(EVAL_NAME) if p.is_file()]
         found = [p for p in found if is_inside(p.resolve(), self.run_dir.resolve())]
         return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
@@ -91,7 +99,7 @@ class RunRecords:
     def loss(self):
         import pandas as pd
 
-        text = self._read(LOSS_CSV)
+        text = self._read(self.folder.loss_log)
         if text is None:
             return None
         from io import StringIO
@@ -99,10 +107,10 @@ class RunRecords:
         return pd.read_csv(StringIO(text))
 
     def config_yaml(self) -> str:
-        return self._read("histosynth.yaml") or ""
+        return self._read(self.folder.config_path) or ""
 
     def manifest(self) -> dict:
-        text = self._read("manifest.json")
+        text = self._read(self.folder.manifest_path)
         return json.loads(text) if text else {}
 
 

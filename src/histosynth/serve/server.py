@@ -70,13 +70,16 @@ def guard(protected: list[Path]):
 
 def serve(run_dir: Path, workspace: Path | None, host: str, port: int) -> None:
     auth = login(host)                          # refuse before loading anything
+    from ..runfolder import RunFolder
+    from ..workspace import Workspace
+
     run_dir = run_dir.absolute()
-    if not (run_dir / "model_index.json").exists() and not (run_dir / "unet").is_dir():
-        raise HistosynthError(f"--run {run_dir}: not a run folder (no model_index.json or unet/)")
+    folder = RunFolder(run_dir)
+    if not folder.model_index_path.exists() and not folder.unet_dir.is_dir():
+        raise HistosynthError(f"--run {run_dir}: not a run folder (no {folder.model_index_path.name} or unet/)")
     if workspace is not None:
         workspace = workspace.absolute()
-        if not (workspace / "tiles" / "index.parquet").exists():
-            raise HistosynthError(f"--workspace {workspace}: no tiles/index.parquet; run `histosynth tile` first")
+        Workspace(workspace).require(Workspace(workspace).tile_index_path, "tile")
     check_port(host, port)
     scratch = Path(tempfile.mkdtemp(prefix="histosynth-serve-"))
     for key, value in {**GRADIO_ENV, "GRADIO_TEMP_DIR": str(scratch / "gradio"),
