@@ -104,6 +104,7 @@ def test_workspace_internals_and_outside_links_are_refused(server):
     assert http_status(f"{url}gradio_api/file=https://example.org/x.png") == 403
 
 
+@pytest.mark.unit
 def test_non_loopback_host_without_credentials_refuses_to_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HISTOSYNTH_APP_")}
     proc = histosynth("serve", "--run", str(tmp_path), "--host", "0.0.0.0", "--port", str(free_port()), env=env)
@@ -113,6 +114,7 @@ def test_non_loopback_host_without_credentials_refuses_to_start(tmp_path):
     assert len(lines) == 1 and "HISTOSYNTH_APP_USER" in lines[0] and "0.0.0.0" in lines[0], err
 
 
+@pytest.mark.unit
 def test_prompt_builder_fills_the_run_template():
     from histosynth.runfolder import Condition as TextSettings
     from histosynth.serve.backend import build_prompt

@@ -39,7 +39,9 @@ def login(host: str) -> tuple[str, str] | None:
 
 def check_port(host: str, port: int) -> None:
     if not 1 <= port <= 65535:
-        raise HistosynthError(f"--port {port}: choose a port in 1..65535")
+        error = HistosynthError(f"--port {port}: choose a port in 1..65535")
+        error.exit_code = 2   # an invalid option value, as for every command
+        raise error
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         try:
             sock.bind((host, port))
@@ -70,6 +72,8 @@ def guard(protected: list[Path]):
 
 def serve(run_dir: Path, workspace: Path | None, host: str, port: int) -> None:
     auth = login(host)                          # refuse before loading anything
+    if not 1 <= port <= 65535:
+        check_port(host, port)
     from ..runfolder import RunFolder
     from ..workspace import Workspace
 
