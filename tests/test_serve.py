@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from histosynth.console import HistosynthError
 from histosynth.imageio import png_metadata
 
 pytest.importorskip("gradio", reason="the [app] extra is not installed (pip install -e .[app])")
@@ -115,6 +116,30 @@ def test_non_loopback_host_without_credentials_refuses_to_start(tmp_path):
 
 
 @pytest.mark.unit
+def test_guard_refuses_internals_links_and_remote_urls_but_not_the_app_cache(tmp_path, monkeypatch):
+    from histosynth.serve.records import Refusal
+    from histosynth.serve.server import login
+
+    ws, cache, outside = tmp_path / "ws", tmp_path / "gradio-cache", tmp_path / "outside.txt"
+    (ws / "summaries").mkdir(parents=True)
+    cache.mkdir()
+    outside.write_text("x")
+    (ws / "summaries" / "cache.sqlite").write_text("x")
+    (cache / "link.png").symlink_to(outside)
+    (cache / "image.png").write_text("x")
+    guard = Refusal([ws])
+    assert "private" in guard.reason(str(ws / "summaries" / "cache.sqlite"))
+    assert guard.reason(str(tmp_path / "elsewhere" / "histosynth.yaml"))      # private wherever it lies
+    assert guard.reason(str(ws / "tiles" / "x.png"))                           # inside the workspace
+    assert "symlink" in guard.reason(str(cache / "link.png"))
+    assert "remote" in guard.reason("https://example.org/a.png")
+    assert guard.reason(str(cache / "image.png")) is None                      # gradio's own checks decide
+    monkeypatch.setenv("HISTOSYNTH_APP_USER", "pathologist")
+    monkeypatch.setenv("HISTOSYNTH_APP_PASSWORD", "s3cret")
+    assert login("0.0.0.0") == ("pathologist", "s3cret") and login("127.0.0.1") is None and login("::1") is None
+
+
+@pytest.mark.unit
 def test_prompt_builder_fills_the_run_template():
     from histosynth.runfolder import Condition as TextSettings
     from histosynth.serve.backend import build_prompt
@@ -123,6 +148,13 @@ def test_prompt_builder_fills_the_run_template():
                             levels=("low", "medium", "high"))
     text = build_prompt(settings, "invasive ductal carcinoma", "grade 3", {"tumor": "high", "til": "medium"})
     assert text == "high tumor; medium til; invasive ductal carcinoma, grade 3."
+    # Patch descriptors take their own bins; a word outside them is refused, not passed on.
+    settings = TextSettings(encoder="clip", context_length=77, template="{tumor} tumor; {density} nuclei; {summary}",
+                            descriptor_edges={"density": [0.0, 0.5, 1.0]}, descriptor_levels=("sparse", "dense"))
+    text = build_prompt(settings, "invasive lobular carcinoma", "", {"tumor": "low", "density": "dense"}, "no DCIS")
+    assert text == "low tumor; dense nuclei; invasive lobular carcinoma. no DCIS"
+    with pytest.raises(HistosynthError, match="density"):
+        build_prompt(settings, "x", "", {"density": "high"})
 
 
 # ---- the browser test -------------------------------------------------------------------------
