@@ -20,7 +20,7 @@ from ..console import HistosynthError
 from . import backend
 from .records import RunRecords, WorkspaceTexts
 
-DISPLAY_PX = 224   # tiles are shown at this edge (nearest-neighbour, so pixels stay pixels)
+DISPLAY_PX = 192   # tiles are shown at this edge (nearest-neighbour, so pixels stay pixels)
 
 CSS = """
 .gradio-container {max-width: 1400px !important}
@@ -136,15 +136,23 @@ def generate_tab(state: AppState) -> None:
             prompt = gr.Textbox(label="Condition text (the run's template filled, or free text)", lines=4,
                                 placeholder="e.g. invasive ductal carcinoma, grade 3.", elem_id="hs-prompt")
             count = gr.HTML(count_html(state, ""), elem_id="hs-count")
-            with gr.Accordion("Prompt builder", open=bool(fields)):
+            with gr.Accordion("Prompt builder", open=True):
                 gr.Markdown(f"Template of this run: `{s.template}` · levels: {', '.join(s.levels)}")
                 htype = gr.Dropdown(list(backend.HISTOLOGIC_TYPES), label="Histologic type", allow_custom_value=True,
                                     value=backend.HISTOLOGIC_TYPES[0])
-                grade = gr.Radio(list(backend.GRADES), value="grade 2", label="Nottingham grade")
+                grade = gr.Radio([(g or "not stated", g) for g in backend.GRADES], value="grade 2",
+                                 label="Nottingham grade")
                 level_inputs = [gr.Radio(list(backend.field_levels(s, f)), value=backend.field_levels(s, f)[0],
                                          label=f"{f} (binned)") for f in fields]
                 notes = gr.Textbox(label="Further findings (optional)", lines=1)
                 build = gr.Button("Fill the template", size="sm")
+                if state.texts is not None and state.texts.summaries:
+                    cases = gr.Dropdown([f"{c} ({state.texts.split_of(c)})" for c in state.texts.summaries],
+                                        label="…or start from a case's report summary (test cases are unseen)",
+                                        value=None)
+                    cases.change(lambda c, *lv: backend.fill_template(
+                        s, state.texts.summaries.get((c or "").split(" (")[0], ""), dict(zip(fields, lv))),
+                        [cases, *level_inputs], prompt, queue=False)
             with gr.Row():
                 sampler = gr.Radio(["ddim", "dpmpp"], value=defaults.sampler, label="Sampler")
                 seed = gr.Number(value=defaults.seed, precision=0, label="Seed (image i: seed + i)", minimum=0)
@@ -163,22 +171,22 @@ def generate_tab(state: AppState) -> None:
                     width = gr.Number(px, precision=0, interactive=False, label="Width (px, one tile)")
             go = gr.Button("Generate", variant="primary", elem_id="hs-generate")
         with gr.Column(scale=3):
-            grid = gr.Gallery(label="Generated (synthetic)", columns=4, height=300, object_fit="contain",
+            grid = gr.Gallery(label="Generated (synthetic)", columns=4, height=175, object_fit="contain",
                               elem_id="hs-grid", elem_classes=["grid"], format="png")
             status = gr.Markdown(elem_id="hs-status")
-    gr.Markdown("### Each image beside its nearest training tile")
-    slot_outputs = []
-    for i in range(backend.MAX_IMAGES):
-        with gr.Row(visible=False, equal_height=True) as row:
-            gen = gr.Image(label=f"Generated #{i + 1}", height=DISPLAY_PX, interactive=False, elem_classes=["tile"],
-                           format="png")
-            near = gr.Image(label="Nearest training tile (real)", height=DISPLAY_PX, interactive=False,
-                            elem_classes=["tile"])
-            with gr.Column():
-                verdict = gr.Markdown(elem_classes=["hs-verdict"])
-                download = gr.DownloadButton("Download PNG", visible=False, elem_id=f"hs-download-{i}",
-                                             size="sm", variant="secondary")
-        slot_outputs += [row, gen, near, verdict, download]
+            gr.Markdown("**Each image beside its nearest training tile**")
+            slot_outputs = []
+            for i in range(backend.MAX_IMAGES):
+                with gr.Row(visible=False, equal_height=True) as row:
+                    gen = gr.Image(label=f"Generated #{i + 1}", height=DISPLAY_PX, interactive=False,
+                                   elem_classes=["tile"], format="png")
+                    near = gr.Image(label="Nearest training tile", height=DISPLAY_PX, interactive=False,
+                                    elem_classes=["tile"])
+                    with gr.Column():
+                        verdict = gr.Markdown(elem_classes=["hs-verdict"])
+                        download = gr.DownloadButton("Download PNG", visible=False, elem_id=f"hs-download-{i}",
+                                                     size="sm", variant="secondary")
+                slot_outputs += [row, gen, near, verdict, download]
 
     prompt.change(lambda t: count_html(state, t), prompt, count, queue=False, show_progress="hidden")
     build.click(lambda *a: backend.build_prompt(s, a[0], a[1], dict(zip(fields, a[3:])), a[2]),

@@ -63,6 +63,11 @@ def build_prompt(settings, histologic_type: str, grade: str, levels: dict[str, s
     summary = ", ".join(parts) + ("." if parts else "")
     if extra.strip():
         summary = f"{summary} {extra.strip()}".strip()
+    return fill_template(settings, summary, levels)
+
+
+def fill_template(settings, summary: str, levels: dict[str, str]) -> str:
+    """The run's template with this summary and these level words (the first level where none is given)."""
     values = {}
     for f in template_fields(settings):
         words = field_levels(settings, f)

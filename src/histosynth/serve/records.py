@@ -151,6 +151,10 @@ class WorkspaceTexts:
             rows = rows[rows["split"] == split]
         return rows.head(limit)
 
+    def split_of(self, case_id: str) -> str:
+        rows = self.index.loc[self.index["case_id"] == case_id, "split"]
+        return str(rows.iloc[0]) if len(rows) else "no tiles"
+
     def case_of(self, tile_id: int) -> str | None:
         rows = self.index.loc[self.index["tile_id"] == tile_id, "case_id"]
         return str(rows.iloc[0]) if len(rows) else None
