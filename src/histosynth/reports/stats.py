@@ -15,8 +15,7 @@ BIN = 5  # tokens per histogram bin
 
 
 def budgets_on_disk(ws: Workspace) -> list[int]:
-    found = (re.fullmatch(r"budget-(\d+)\.parquet", p.name) for p in ws.summaries_dir.glob("budget-*.parquet"))
-    return sorted(int(m[1]) for m in found if m)
+    return ws.summary_budgets()
 
 
 def budget_stats(table, budget: int) -> dict:
