@@ -15,22 +15,29 @@ from ..fileio import write_json
 from ..manifest import package_versions, recording
 from ..workspace import Workspace
 from . import memorization as memo
+from .features import load_encoder, parse_features
 from .inception import RESIZE, InceptionWeightsMissing, load_inception
-from .metrics import frechet_distance, frechet_distance_low_rank, kid, precision_recall
+from .metrics import frechet_distance, frechet_distance_low_rank, gaussian_stats, kid, precision_recall
 from .report import PAIRS, write_grids, write_markdown
 from .sources import ImageSet, Source, parse_source, sample_protocol
 from .stain import stain_distance
 from .stats import set_stats
 
-METRICS = ("fid", "kid", "pr", "stain", "memorization")
+METRICS = ("fid", "kid", "pr", "fd", "stain", "memorization")
 INCEPTION_METRICS = {"fid", "kid", "pr"}
 PR_K = 3
+COVARIANCE = ("sample covariance (np.cov, ddof 1), no regularisation: with n <= d it is singular (rank n-1) and "
+              "tr sqrt(S1 S2) is taken exactly from the eigenvalues of sqrt(S1) S2 sqrt(S1) (negatives clipped to 0; "
+              "the n x n form when n_fake < d), so the distance is finite but biased upward at small n: "
+              "compare only at equal n")
 CACHE_DIR = "eval-cache"   # under a workspace: real-set statistics shared by every run's evaluation
 IMPLEMENTATIONS = {
     "fid": "Frechet distance of pool3 Gaussians (np.cov); equals pytorch_fid.fid_score.calculate_frechet_distance "
            "to 1e-6 (eigenvalue form of tr sqrt(S1 S2), low-rank when n_fake < 2048)",
     "kid": "unbiased MMD^2, cubic polynomial kernel k(x,y)=(x.y/d+1)^3, 100 subsets of min(1000, n_real, n_fake)",
     "pr": f"improved precision/recall, k-NN manifolds with k={PR_K} (Kynkaanniemi et al. 2019) on pool3 features",
+    "fd": "FD_<name>/KID_<name>: the FID and KID formulas on the embeddings of each --features encoder "
+          "(its own preprocessing; see protocol.encoders)",
     "stain": "skimage.color.rgb2hed (Ruifrok-Johnston); per-channel W1 of pooled pixels, "
              "Frechet distance of per-image HED mean/std",
     "memorization": f"nearest training tile by {memo.THUMB}px thumbnail RMS distance; near-copy below "
@@ -50,10 +57,15 @@ def evaluate(
     batch_size: int = 32,
     allow_unverified_weights: bool = False,  # tests and random weights only: such FIDs are not comparable
     device: str | None = None,
+    features: list[str] | None = None,      # --features: encoder folders / hub ids for FD_<name>, KID_<name>
 ) -> dict:
     """Compute the metrics, write eval.json, report.md and the grids into `out_dir`; return eval.json."""
     out_dir = Path(out_dir)
     wanted = _parse_metrics(metrics)
+    if features:                 # naming an encoder asks for its distances
+        wanted.add("fd")
+    elif metrics is None:        # the default set has no encoder to measure with: nothing to say
+        wanted.discard("fd")
     real_src, fake_src = parse_source(real), parse_source(fake)
     train_src = _train_source(train, real_src) if "memorization" in wanted else None
     skipped: dict[str, str] = {}
@@ -69,12 +81,17 @@ def evaluate(
                 raise
             warn(f"skipping {', '.join(sorted(wanted & INCEPTION_METRICS))}: {exc}")
             skipped.update({m: str(exc) for m in wanted & INCEPTION_METRICS})
+    encoders = {}
+    if "fd" in wanted:
+        encoders = {name: load_encoder(name, spec, device or "cpu") for name, spec in parse_features(features or [])}
+        if not encoders:
+            skipped["fd"] = "no encoder: pass --features FOLDER|HUB-ID (repeatable)"
     active = wanted - set(skipped)
     parts = {"inception"} if inception is not None else set()
     parts |= {"stain"} if "stain" in active else set()
     parts |= {"thumbs"} if "memorization" in active else set()
     sha = inception_info["sha256"] if inception_info else None
-    common = dict(n=n, crop=crop, batch_size=batch_size, inception=inception, inception_sha256=sha)
+    common = dict(n=n, crop=crop, batch_size=batch_size, inception=inception, inception_sha256=sha, encoders=encoders)
 
     with recording("evaluate", out_dir, config={"metrics": sorted(wanted), "n": n, "crop": crop},
                    seeds={"subset": 0, "kid": 0, "stain_pixels": 0}) as manifest:
@@ -83,6 +100,8 @@ def evaluate(
         results, pairs = {}, None
         for name in sorted(active & INCEPTION_METRICS):
             _measure(name, results, skipped, real_stats, fake_stats)
+        for name in encoders:
+            _encoder_distances(name, results, skipped, real_stats, fake_stats)
         if "stain" in active:
             if _have("hed_stats", real_stats, fake_stats, skipped, "stain"):
                 results["stain"] = stain_distance(real_stats["hed_stats"], real_stats["hed_pixels"],
@@ -90,7 +109,8 @@ def evaluate(
         if "memorization" in active and _have("thumbs", real_stats, fake_stats, skipped, "memorization"):
             train_stats, train_meta = set_stats(train_src, {"thumbs"},
                                                 cache=_cache_path(train_src, out_dir, "train", None, crop),
-                                                **{**common, "n": None, "inception": None, "inception_sha256": None})
+                                                **{**common, "n": None, "inception": None, "inception_sha256": None,
+                                                   "encoders": None})
             if real_src.kind == "workspace" and real_src.split == "train":
                 warn("REAL is the training split: the near-copy threshold should come from test tiles")
             result = memo.memorization(fake_stats["thumbs"], train_stats["thumbs"], real_stats["thumbs"])
@@ -100,6 +120,7 @@ def evaluate(
 
         report = {"metrics": results, "skipped": skipped,
                   "protocol": protocol(real_src, fake_src, real_meta, fake_meta, crop, inception_info)}
+        report["protocol"]["encoders"] = {name: {**e.info, "covariance": COVARIANCE} for name, e in encoders.items()}
         write_json(out_dir / "eval.json", report)
         grids = write_grids(out_dir, real_stats.get("preview", np.empty(0)), fake_stats.get("preview", np.empty(0)), pairs)
         write_markdown(out_dir, report, grids)
@@ -167,6 +188,21 @@ def _measure(name: str, results: dict, skipped: dict, real: dict, fake: dict) ->
             results["pr"] = precision_recall(real["inception"], fake["inception"], k=PR_K)
     except ValueError as exc:
         skipped[name] = str(exc)
+
+
+def _encoder_distances(name: str, results: dict, skipped: dict, real: dict, fake: dict) -> None:
+    key = f"feat_{name}"
+    if not _have(key, real, fake, skipped, f"FD_{name}"):
+        return
+    x, y = real[key].astype(np.float64), fake[key].astype(np.float64)
+    if min(len(x), len(y)) < 2:
+        skipped[f"FD_{name}"] = "needs at least 2 images per side"
+        return
+    mu, sigma = gaussian_stats(x)
+    low_rank = len(y) < y.shape[1]
+    results[f"FD_{name}"] = frechet_distance_low_rank(mu, sigma, y) if low_rank else frechet_distance(mu, sigma, *gaussian_stats(y))
+    results[f"KID_{name}"] = {**kid(x, y), "dim": int(x.shape[1]), "n_real": len(x), "n_fake": len(y),
+                              "singular_covariance": bool(min(len(x), len(y)) <= x.shape[1])}
 
 
 def _closest_pairs(result: dict, fake_stats: dict, train_stats: dict, train_src: Source):
