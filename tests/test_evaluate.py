@@ -137,6 +137,7 @@ def test_evaluate_workspace_split(random_inception, tmp_path):
     assert set(report["skipped"]) <= {"fidelity", "descriptors", "classes"}
     assert 0 <= m["c2st"]["generated"]["auroc"] <= 1 and m["c2st"]["real_reference"]["n_per_side"] == 10
     assert m["c2st"]["memorization_near_copy_share"] == m["memorization"]["near_copy_share"]
+    assert (ws / "eval-cache" / "stats-train-nall-cropnone-small.npz").exists()  # the reference set, cached
     assert m["fid"] > 0 and "kid" in m["kid"] and 0 <= m["pr"]["precision"] <= 1
     assert m["stain"]["w1_h"] >= 0 and np.isfinite(m["stain"]["frechet_hed"])
     assert m["memorization"]["near_copies"] >= 2  # the two copied training tiles are found
@@ -157,6 +158,8 @@ def test_evaluate_workspace_split(random_inception, tmp_path):
     again = evaluate(f"{ws}:test", fakes, tmp_path / "eval2", metrics=["fid", "stain"],
                      inception_weights=random_inception, allow_unverified_weights=True)
     assert again["protocol"]["real"]["reused"] is True
+    c2st_only = evaluate(f"{ws}:test", fakes, tmp_path / "eval4", metrics=["c2st"])  # reuses the cached reference
+    assert c2st_only["metrics"]["c2st"]["real_reference"] == m["c2st"]["real_reference"]
     assert again["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-9)
     from_npz = evaluate(cached, out / "fake_stats.npz", tmp_path / "eval3", metrics=["fid", "kid"],
                         inception_weights=random_inception, allow_unverified_weights=True)
