@@ -26,7 +26,8 @@ import torch
 from ..fileio import atomic_dir, read_json, write_json
 from ..runfolder import RunFolder, weights_hash
 
-UNET, UNET_EMA, STATE = "unet", "unet_ema", "state.json"
+_RUN = RunFolder(Path())  # a checkpoint holds its U-Nets under the run folder's component names
+UNET, UNET_EMA, STATE = _RUN.unet_dir.name, _RUN.unet_ema_dir.name, "state.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 GOOD_LOSS_FACTOR = 10.0  # a checkpoint whose recent losses exceeded 10x the first step's had diverged
 
