@@ -21,11 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from .config import HistoSynthConfig, load_config, to_yaml
+from .config import CONFIG_FILE, HistoSynthConfig, load_config, to_yaml
 from .console import HistosynthError
 from .fileio import read_json, write_json, write_text
+from .status import STATUS_FILE
 
-CONFIG_NAME = "histosynth.yaml"
 SPLIT_NAME = "split.json"
 SPLITS = ("train", "test")
 
@@ -37,7 +37,7 @@ class Workspace:
     # ---- layout -----------------------------------------------------------------------------
     @property
     def config_path(self) -> Path:
-        return self.root / CONFIG_NAME
+        return self.root / CONFIG_FILE
 
     @property
     def split_path(self) -> Path:
@@ -89,6 +89,59 @@ class Workspace:
 
     def run_dir(self, name: str) -> Path:
         return self.runs_dir / name
+
+    def run(self, name: str):
+        """The run folder `runs/<name>` (a `histosynth.runfolder.RunFolder`)."""
+        from .runfolder import RunFolder
+
+        return RunFolder(self.run_dir(name))
+
+    # tiles/
+    @property
+    def slides_dir(self) -> Path:
+        return self.tiles_dir / "slides"
+
+    def slide_path(self, slide_id: str) -> Path:
+        return self.slides_dir / f"{slide_id}.h5"
+
+    @property
+    def thumbnails_dir(self) -> Path:
+        return self.tiles_dir / "thumbnails"
+
+    @property
+    def scores_dir(self) -> Path:
+        return self.tiles_dir / "scores"
+
+    # summaries/
+    @property
+    def summaries_cache_path(self) -> Path:
+        return self.summaries_dir / "cache.sqlite"
+
+    # embeddings/, latents/
+    def embedding_dir(self, budget: int, encoder_slug: str, context_length: int) -> Path:
+        return self.embeddings_dir / f"budget-{budget}-{encoder_slug}-L{context_length}"
+
+    def latent_dir(self, vae_id: str) -> Path:
+        return self.latents_dir / vae_id
+
+    # evaluation, experiments
+    @property
+    def eval_cache_dir(self) -> Path:
+        """Real-set statistics shared by every run's evaluation."""
+        return self.root / "eval-cache"
+
+    @property
+    def ablation_dir(self) -> Path:
+        return self.root / "ablation"
+
+    # bookkeeping
+    def status_path(self, stage_dir: Path) -> Path:
+        """The status record (histosynth.status) of the stage that writes `stage_dir`."""
+        return stage_dir / STATUS_FILE
+
+    def lock_path(self, stage: str) -> Path:
+        """The OS lock file that keeps two runs of `stage` off this workspace (histosynth.locks)."""
+        return self.root / ".locks" / f"{stage}.lock"
 
     # ---- config -----------------------------------------------------------------------------
     def config(self, preset: str | None = None, file: str | Path | None = None,

@@ -42,7 +42,7 @@ QUALITY = {
 
 
 def ablation_dir(ws: Workspace) -> Path:
-    return ws.root / "ablation"
+    return ws.ablation_dir
 
 
 def seed_list(seeds: int | Sequence[int]) -> list[int]:

@@ -73,7 +73,7 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
     else:  # a model object: name the cache by its weights
         source = getattr(vae.config, "_name_or_path", None) or "in-memory"
     vae.eval()
-    out = ws.latents_dir / (vae_id(source) if source != "in-memory" else model_id(vae))
+    out = ws.latent_dir(vae_id(source) if source != "in-memory" else model_id(vae))
     from ..slides.index import read_index
     from ..slides.store import TileStore
 

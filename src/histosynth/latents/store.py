@@ -89,6 +89,6 @@ class LatentStore:
 
     @classmethod
     def locate(cls, ws, vae_source: str | Path) -> "LatentStore":
-        path = ws.latents_dir / vae_id(vae_source)
+        path = ws.latent_dir(vae_id(vae_source))
         ws.require(path / "tiles.parquet", "encode")
         return cls(path)

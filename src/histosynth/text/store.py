@@ -47,7 +47,7 @@ def _slug(text: str) -> str:
 
 
 def embeddings_dir(ws, budget: int, encoder: str, context_length: int) -> Path:
-    return ws.embeddings_dir / f"budget-{budget}-{encoder_slug(encoder)}-L{context_length}"
+    return ws.embedding_dir(budget, encoder_slug(encoder), context_length)
 
 
 class EmbeddingSet:
