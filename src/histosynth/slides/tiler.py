@@ -58,14 +58,6 @@ class Grid:
         return abs(self.scale / self.downsample - 1) > 1e-9
 
 
-def slides_dir(ws: Workspace) -> Path:
-    return ws.tiles_dir / "slides"
-
-
-def thumbnails_dir(ws: Workspace) -> Path:
-    return ws.tiles_dir / "thumbnails"
-
-
 # ---- one slide -----------------------------------------------------------------------------------
 
 def read_overview(slide, mpp0: float, cfg: SlidesConfig):
@@ -274,9 +266,9 @@ def tile_slide(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) 
         if not candidates.any():
             raise HistosynthError(f"{meta.path}: no tile has at least {cfg.min_tissue:.0%} tissue "
                                   f"(best {grid.tissue.max():.0%} of {len(grid.coords)} grid cells)")
-        out = slides_dir(ws) / f"{meta.slide_id}.h5"
+        out = ws.slides_dir / f"{meta.slide_id}.h5"
         keep = write_slide(out, slide, meta, grid, candidates, cfg, mpp0, mpp_source, on_tiles)
-        save_qa_thumbnail(thumbnails_dir(ws) / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
+        save_qa_thumbnail(ws.thumbnails_dir / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
         tissue = read_tissue(out)
     finally:
         slide.close()
@@ -367,7 +359,7 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
         metas, filtered = select_slides(find_slides(slides), scfg, shard)
         for meta in metas:
             manifest.add_input(meta.path, name=meta.slide_id)  # sha256, or size + ends for big slides
-        todo = [m for m in metas if not is_finished(slides_dir(ws) / f"{m.slide_id}.h5", scfg)]
+        todo = [m for m in metas if not is_finished(ws.slides_dir / f"{m.slide_id}.h5", scfg)]
         info(f"{len(metas)} slides: {len(metas) - len(todo)} already tiled, {len(todo)} to tile"
              + (f", {len(filtered)} filtered out by sample/slide type" if filtered else ""))
         results = run_slides(todo, ws, scfg)
