@@ -19,7 +19,7 @@ from ..workspace import Workspace
 from .descriptors import DESCRIPTORS, column
 
 COLUMNS = ("tile_id", "slide_id", "case_id", "sample_type", "slide_type", "x", "y", "mpp", "size",
-           "tissue", "file", "row", "split", "mpp_source")
+           "tissue", "file", "row", "split", "mpp_source", "source", "label", "caption")
 DESC_COLUMNS = [column(name) for name in DESCRIPTORS]   # desc_<name>, docs/architecture.md
 
 
@@ -34,6 +34,8 @@ def slide_frame(ws: Workspace, path: Path):
     with h5py.File(path, "r") as f:
         coords, attrs = f["coords"][:], dict(f["coords"].attrs)
         tissue = f["tissue"][:]
+        per_tile = {key: f[f"tile_{key}"].asstr()[:] for key in ("source", "label", "caption", "case_id")
+                    if f"tile_{key}" in f}    # tile datasets (images.py)
         group = f.get("descriptors")
         desc = {column(name): (group[name][:] if group is not None and name in group else np.nan)
                 for name in DESCRIPTORS}
@@ -51,8 +53,13 @@ def slide_frame(ws: Workspace, path: Path):
         "file": str(path.relative_to(ws.root)),
         "row": np.arange(n, dtype=np.int64),
         "mpp_source": str(attrs.get("mpp_source", "")),
+        "source": per_tile.get("source", path.stem),
+        "label": per_tile.get("label", ""),
+        "caption": per_tile.get("caption", ""),
         **desc,
     })
+    if "case_id" in per_tile:
+        frame["case_id"] = per_tile["case_id"]
     scores = ws.scores_dir / f"{path.stem}.parquet"
     if scores.exists():
         frame = frame.merge(pd.read_parquet(scores), on="row", how="left")
