@@ -88,16 +88,25 @@ def plan_grid(slide, path: Path, cfg: SlidesConfig, overview, mpp0: float) -> Gr
     ys = np.round(np.arange(int((height - extent0) // step0) + 1) * step0).astype(np.int64)
     coords = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)   # row-major: y outer, x inner
 
-    mask_downsample = float(np.clip(extent0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE))
-    thumb = overview.resize((max(1, round(width / mask_downsample)), max(1, round(height / mask_downsample))),
-                            Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
-    rgb = np.asarray(thumb)
-    fx, fy = width / rgb.shape[1], height / rgb.shape[0]
-    mask = tissue_mask(rgb, tile_px=extent0 / fx, mpp=mpp0 * fx)
+    mask, fx, fy = overview_mask(overview, (width, height), extent0, mpp0)
     if not mask.any():
         raise HistosynthError(f"{path}: no tissue found (the slide looks blank)")
     boxes = np.concatenate([coords / [fx, fy], (coords + extent0) / [fx, fy]], axis=1)
     return Grid(level, downsample, scale, cfg.size, coords, tile_fractions(mask, boxes))
+
+
+def overview_mask(overview, dimensions: tuple[int, int], extent0: float, mpp0: float):
+    """The slide-level tissue mask at MASK_PX_PER_TILE pixels per tile edge (`extent0`: the tile edge
+    in level-0 px); returns (mask, fx, fy), fx/fy level-0 px per mask pixel."""
+    from PIL import Image
+
+    width, height = dimensions
+    mask_downsample = float(np.clip(extent0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE))
+    thumb = overview.resize((max(1, round(width / mask_downsample)), max(1, round(height / mask_downsample))),
+                            Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
+    rgb = np.asarray(thumb.convert("RGB"))
+    fx, fy = width / rgb.shape[1], height / rgb.shape[0]
+    return tissue_mask(rgb, tile_px=extent0 / fx, mpp=mpp0 * fx), fx, fy
 
 
 def runs_of(coords: np.ndarray, step0: float) -> list[np.ndarray]:
