@@ -31,9 +31,8 @@ from ..fileio import atomic_path
 from ..manifest import recording
 from ..workspace import Workspace
 from .reader import SlideMeta, best_level, level0_mpp, open_slide, slide_meta
-from .tissue import tile_fractions, tissue_fraction, tissue_mask
+from .tissue import TISSUE_RULE, tile_fractions, tissue_fraction, tissue_mask
 
-TISSUE_RULE = 2               # version of the tissue rule (tissue.py); slides tiled by another are redone
 MASK_PX_PER_TILE = 16         # tissue-mask pixels along a tile edge (CLAM segments at ~64x downsample)
 MAX_MASK_DOWNSAMPLE = 64
 QA_THUMBNAIL_PX = 1024        # long side of the QA picture
@@ -184,7 +183,7 @@ def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, candidates: np.nd
     the grid indices of the kept tiles. `on_tiles(read, total)` reports progress within the slide."""
     import h5py
 
-    from .descriptors import DESCRIPTORS
+    from .descriptors import DESCRIPTORS, write_descriptors
 
     cand = np.flatnonzero(candidates)
     coords = grid.coords[cand]
@@ -232,18 +231,6 @@ def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, candidates: np.nd
         if cfg.descriptors:
             write_descriptors(f, {name: [r[name] for r in rows] for name in DESCRIPTORS})
     return np.asarray(kept, dtype=np.int64)
-
-
-def write_descriptors(f, values: dict) -> None:
-    """The `descriptors` group of a slide's HDF5: one float64 dataset per descriptor, with its unit."""
-    from .descriptors import DESCRIPTORS
-
-    group = f.require_group("descriptors")
-    for name, (unit, definition) in DESCRIPTORS.items():
-        if name in group:
-            del group[name]
-        dset = group.create_dataset(name, data=np.asarray(values[name], dtype=np.float64))
-        dset.attrs.update(unit=unit, definition=definition)
 
 
 def save_qa_thumbnail(path: Path, slide, overview, grid: Grid, keep: np.ndarray, meta: SlideMeta) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+TISSUE_RULE = 2              # version of these rules, recorded per slide; slides tiled by another are redone
 SAT_RANGE = (0.03, 0.08)     # the Otsu threshold of saturation is clipped into this range (slide level)
 TILE_SAT = 0.06              # fixed saturation threshold of the tile-level rule (one tile has no Otsu)
 TEXTURE_STD = 4.0            # grey levels (0-255): local spread above this is tissue, not glass
