@@ -428,7 +428,9 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
              "scale applies to one run only; pass --assume-mpp to the run that needs it")
     scfg = cfg.slides.model_copy(update={"assume_mpp": assume_mpp})   # in memory only, never saved
     manifest_name = "manifest.json" if shard is None else f"manifest-shard-{shard[0]}-of-{shard[1]}.json"
-    with stage_lock(ws.lock_path("tile"), "tile"), \
+    # shards of one array job share the workspace by design (disjoint slides): one lock per shard
+    lock = ws.lock_path("tile" if shard is None else f"tile-shard-{shard[0]}-of-{shard[1]}")
+    with stage_lock(lock, "tile"), \
             recording("tile", ws.tiles_dir, config=cfg, seeds={"split": cfg.split.seed},
                       filename=manifest_name) as manifest:
         manifest.results["assume_mpp"] = assume_mpp
