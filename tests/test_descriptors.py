@@ -110,4 +110,11 @@ def test_fit_edges_and_bin_words():
     words = bin_words(df, edges)
     assert [w["nuclei_density"] for w in words] == ["low"] * 3 + ["medium"] * 3 + ["high"] * 3
     assert bin_words({"nuclei_density": 100.0}, edges) == [{"nuclei_density": "high"}]
-    assert bin_words(df, {"nuclear_area": [0.5, 2.0]})[0]["nuclear_area"] == "low"   # NaN: no nuclei
+    assert bin_words(df, {"nuclear_area": [0.5, 2.0]})[0]["nuclear_area"] == "low"   # NaN (a missing value): low
+
+
+def test_a_tile_without_nuclei_has_zero_density_and_area():
+    glass = np.full((64, 64, 3), 235, dtype=np.uint8)
+    row = describe(glass, 0.5).iloc[0]
+    assert row["nuclei_density"] == 0 and row["nuclear_area"] == 0 and row["tissue_fraction"] == 0
+    assert describe(glass, 0.5).notna().all(axis=None)

@@ -7,7 +7,8 @@ so that a tile without nuclei finds none), small specks removed, touching nuclei
 on the distance transform seeded at its maxima at least one nuclear radius apart.
 
   nuclei_density   nuclei per mm^2 of tile (counted nuclei / tile area)
-  nuclear_area     mean area of those nuclei, um^2 (NaN when none)
+  nuclear_area     mean area of those nuclei, um^2 (0 when none: every consumer -- ranks, distances,
+                   bins -- needs a number, and 0 sorts a tile without nuclei below all others)
   h_fraction       share of tissue pixels where haematoxylin density exceeds eosin's
   e_fraction       share of tissue pixels where eosin density is at least haematoxylin's
   fat_fraction     share of the tile that is clear (not tissue) yet within FAT_REACH_UM of tissue, in
@@ -31,7 +32,7 @@ from .tissue import tile_tissue_mask
 
 DESCRIPTORS: "OrderedDict[str, tuple[str, str]]" = OrderedDict([
     ("nuclei_density", ("nuclei/mm^2", "nuclei segmented on the haematoxylin channel per mm^2 of tile")),
-    ("nuclear_area", ("um^2", "mean area of the segmented nuclei (NaN if none)")),
+    ("nuclear_area", ("um^2", "mean area of the segmented nuclei (0 if none)")),
     ("h_fraction", ("fraction of tissue", "tissue pixels where haematoxylin density exceeds eosin's")),
     ("e_fraction", ("fraction of tissue", "tissue pixels where eosin density is at least haematoxylin's")),
     ("fat_fraction", ("fraction of tile", "clear areas bounded by tissue (fat, lumina), not open glass")),
@@ -137,7 +138,7 @@ def describe_one(image: np.ndarray, mpp: float, tissue: np.ndarray | None = None
     far = ndi.distance_transform_edt(labels == 0) * mpp > STROMA_GAP_UM if n else np.ones_like(tissue)
     return {
         "nuclei_density": len(areas) / tile_mm2,
-        "nuclear_area": float(areas.mean()) if len(areas) else float("nan"),
+        "nuclear_area": float(areas.mean()) if len(areas) else 0.0,
         "h_fraction": h_dom.sum() / n_tissue,
         "e_fraction": e_dom.sum() / n_tissue,
         "fat_fraction": float(fat_mask(tissue, mpp).mean()),
