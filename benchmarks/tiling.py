@@ -8,6 +8,10 @@ Slides: the real CMU-1-Small-Region.svs (single level, 0.499 um/px; well under a
 large pyramidal slide built here: about 20,000 x 20,000 px at 0.499 um/px, 4 levels, JPEG tiles
 (as in SVS files), made of mirrored copies of the real slide's tissue (about half glass).
 
+Descriptor throughput (slides/descriptors.py, computed when tiling unless slides.descriptors=false):
+the tiling rows compare the loop with histosynth without descriptors (the same work) and show
+histosynth with them beside; then `describe` alone on tiles of the real slide per tile size.
+
     .venv/bin/python benchmarks/tiling.py [--workdir DIR] [--size 256] [--skip-large]
 """
 
@@ -22,13 +26,20 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_SLIDE = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+def real_slide() -> Path:
+    """CMU-1-Small-Region.svs through the data registry (HISTOSYNTH_DATA_MIRROR, cache or download)."""
+    from histosynth import datasets
+
+    return datasets.fetch(datasets.CMU1)
+
+
+
 LARGE_EDGE = 20_000
 LARGE_LEVELS = 4
 SAT_MIN = 0.07          # the loop's saturation filter: a pixel with HSV saturation above this is tissue
 
 
-def build_large_slide(path: Path, source: Path = REAL_SLIDE) -> Path:
+def build_large_slide(path: Path, source: Path | None = None) -> Path:
     """A ~20k x 20k generic-TIFF pyramid (OpenSlide layout, JPEG tiles) tiled with the real tissue."""
     import openslide
     import tifffile
@@ -36,7 +47,7 @@ def build_large_slide(path: Path, source: Path = REAL_SLIDE) -> Path:
 
     if path.exists():
         return path
-    slide = openslide.OpenSlide(str(source))
+    slide = openslide.OpenSlide(str(source or real_slide()))
     mpp = float(slide.properties["openslide.mpp-x"])
     tissue = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
     th, tw = tissue.shape[:2]
@@ -85,7 +96,8 @@ def straightforward_loop(slide_path: Path, mpp: float, size: int, min_tissue: fl
     return kept
 
 
-def histosynth_tile(slide_path: Path, mpp: float, size: int, min_tissue: float, out: Path) -> int:
+def histosynth_tile(slide_path: Path, mpp: float, size: int, min_tissue: float, out: Path,
+                    descriptors: bool = False) -> int:
     from histosynth import console
     from histosynth.slides.tiler import tile_slides
     from histosynth.workspace import Workspace
@@ -93,7 +105,8 @@ def histosynth_tile(slide_path: Path, mpp: float, size: int, min_tissue: float, 
     console.set_quiet(True)
     ws = Workspace(out)
     cfg = ws.ensure_config(preset="tiny-cpu", overrides=[f"slides.mpp={mpp}", f"slides.size={size}",
-                                                         f"slides.min_tissue={min_tissue}"])
+                                                         f"slides.min_tissue={min_tissue}",
+                                                         f"slides.descriptors={str(descriptors).lower()}"])
     summary = tile_slides(ws, cfg, [slide_path])
     if summary["failed"]:
         raise SystemExit(f"histosynth tile failed: {summary['failed']}")
@@ -102,7 +115,10 @@ def histosynth_tile(slide_path: Path, mpp: float, size: int, min_tissue: float, 
 
 def compare(name: str, slide_path: Path, mpp: float, size: int, workdir: Path, min_tissue: float = 0.5) -> dict:
     row = {"slide": name, "mpp": mpp}
-    for label, fn in (("loop", straightforward_loop), ("histosynth", histosynth_tile)):
+    def with_descriptors(*args):
+        return histosynth_tile(*args, descriptors=True)
+
+    for label, fn in (("loop", straightforward_loop), ("histosynth", histosynth_tile), ("+descriptors", with_descriptors)):
         out = workdir / f"{name}-{mpp}-{label}"
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
@@ -114,9 +130,31 @@ def compare(name: str, slide_path: Path, mpp: float, size: int, workdir: Path, m
     row["wall_ratio"] = row["loop"][1] / row["histosynth"][1]  # same grid, whatever each filter keeps
     print(f"{name:<18} {mpp:>4} um/px | loop {row['loop'][0]:>5} tiles {row['loop'][1]:7.1f} s "
           f"{row['loop'][2]:7.1f} tiles/s | histosynth {row['histosynth'][0]:>5} tiles {row['histosynth'][1]:7.1f} s "
-          f"{row['histosynth'][2]:7.1f} tiles/s | ratio {row['ratio']:.2f}x (wall time {row['wall_ratio']:.2f}x)",
+          f"{row['histosynth'][2]:7.1f} tiles/s | ratio {row['ratio']:.2f}x (wall time {row['wall_ratio']:.2f}x) | "
+          f"with descriptors {row['+descriptors'][2]:7.1f} tiles/s",
           flush=True)
     return row
+
+
+def descriptor_throughput(slide_path: Path, sizes=(64, 128, 256), n: int = 64) -> dict[int, float]:
+    """Tiles per second of descriptors.describe on `n` tiles of the real slide per tile size."""
+    import openslide
+
+    from histosynth.slides.descriptors import describe
+
+    slide = openslide.OpenSlide(str(slide_path))
+    region = np.asarray(slide.read_region((900, 1800), 0, (1024, 1024)).convert("RGB"))
+    out = {}
+    for size in sizes:
+        per_row = 1024 // size
+        tiles = np.stack([region[(i // per_row) * size % 1024:][:size, (i % per_row) * size:][:, :size]
+                          for i in range(n)])
+        describe(tiles[:2], 0.5)                                   # warm-up
+        t0 = time.perf_counter()
+        describe(tiles, 0.5)
+        out[size] = n / (time.perf_counter() - t0)
+        print(f"descriptors {size:>4} px tiles: {out[size]:7.1f} tiles/s (one core)", flush=True)
+    return out
 
 
 def main() -> None:
@@ -125,19 +163,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--skip-large", action="store_true", help="only the small real slide")
     args = parser.parse_args()
-    if not REAL_SLIDE.exists():
-        raise SystemExit(f"{REAL_SLIDE} not found (real sample data lives in ../shared/data)")
+    from histosynth.console import HistosynthError
+
+    try:
+        slide = real_slide()
+    except HistosynthError as exc:
+        raise SystemExit(str(exc)) from None
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"tile {args.size} px, min tissue 0.5; tiles/s = kept tiles / wall time (2 cores, shared)")
     for fn in (straightforward_loop, histosynth_tile):  # warm-up: imports and file cache, not measured
-        fn(REAL_SLIDE, 1.0, args.size, 0.5, args.workdir / "warm-up")
+        fn(slide, 1.0, args.size, 0.5, args.workdir / "warm-up")
         shutil.rmtree(args.workdir / "warm-up")
-    rows = [compare("CMU-1-Small-Region", REAL_SLIDE, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+    rows = [compare("CMU-1-Small-Region", slide, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
     if not args.skip_large:
         t0 = time.perf_counter()
         large = build_large_slide(args.workdir / "large-20k.tiff")
         print(f"large slide {large} ({large.stat().st_size / 1e6:.0f} MB) ready in {time.perf_counter() - t0:.0f} s")
         rows += [compare("large-20k-4-levels", large, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+    descriptor_throughput(slide)
     print("ratios (histosynth / loop, tiles/s): "
           + ", ".join(f"{r['slide']} @ {r['mpp']}: {r['ratio']:.2f}x" for r in rows))
 

@@ -137,7 +137,8 @@ def test_evaluate_workspace_split(random_inception, tmp_path):
     assert set(report["skipped"]) <= {"fidelity", "descriptors", "classes"}
     assert 0 <= m["c2st"]["generated"]["auroc"] <= 1 and m["c2st"]["real_reference"]["n_per_side"] == 10
     assert m["c2st"]["memorization_near_copy_share"] == m["memorization"]["near_copy_share"]
-    assert (ws / "eval-cache" / "stats-train-nall-cropnone-small.npz").exists()  # the reference set, cached
+    # the reference set, cached (its name lists its parts: with histosynth.slides.descriptors, descriptors too)
+    assert list((ws / "eval-cache").glob("stats-train-nall-cropnone-*small*.npz"))
     assert m["fid"] > 0 and "kid" in m["kid"] and 0 <= m["pr"]["precision"] <= 1
     assert m["stain"]["w1_h"] >= 0 and np.isfinite(m["stain"]["frechet_hed"])
     assert m["memorization"]["near_copies"] >= 2  # the two copied training tiles are found

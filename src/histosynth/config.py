@@ -49,6 +49,7 @@ class SlidesConfig(Section):
     gzip_level: int = Field(1, ge=1, le=9)     # 1 fastest; H&E tiles shrink to ~0.65 at 1 and at 9 alike
     threads: int = Field(2, ge=1)              # reader threads within one slide (region reads, resizing)
     mpp_tolerance: float = Field(0.05, ge=0, lt=0.5)  # relative mpp mismatch read as is, without resizing
+    descriptors: bool = True                   # compute patch descriptors (slides/descriptors.py) when tiling
 
     @model_validator(mode="after")
     def _overlap_below_size(self):

@@ -52,6 +52,11 @@ class Workspace:
         return self.tiles_dir / "index.parquet"
 
     @property
+    def descriptor_edges_path(self) -> Path:
+        """Quantile edges binning the patch descriptors into words, fitted on the training tiles."""
+        return self.tiles_dir / "descriptor_edges.json"
+
+    @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
 

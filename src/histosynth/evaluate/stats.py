@@ -112,7 +112,11 @@ def set_stats(source: Source, parts: set[str], *, n: int | None, crop: int | Non
         same_inception = "inception" not in parts or meta.get("inception_sha256") == inception_sha256
         have = meta.get("encoders", {})
         same_encoders = all(have.get(n) == e.info["weights_sha256"] for n, e in (encoders or {}).items())
-        if meta.get("key") == key and parts <= set(meta.get("parts", ())) and same_inception and same_encoders:
+        old = dict(meta.get("key") or {})
+        # the mpp matters only when descriptors are asked for (a cache made with them holds one)
+        same_mpp = "descriptors" not in parts or old.get("mpp") == mpp
+        same_key = {k: v for k, v in old.items() if k != "mpp"} == {k: v for k, v in key.items() if k != "mpp"}
+        if same_key and same_mpp and parts <= set(meta.get("parts", ())) and same_inception and same_encoders:
             return stats, {**meta, "stats_file": str(cache), "reused": True}
     stats = compute_stats(images, parts, inception, batch_size, encoders=encoders, mpp=mpp)
     meta = {"key": key, "source": str(source), "n": len(images), "crop": crop, "parts": sorted(parts),

@@ -26,16 +26,17 @@ from pathlib import Path
 import numpy as np
 
 from ..config import HistoSynthConfig, SlidesConfig
-from ..console import HistosynthError, error, info, make_progress
+from ..console import HistosynthError, error, info, make_progress, warn
 from ..fileio import atomic_path
 from ..manifest import recording
 from ..workspace import Workspace
-from .reader import SlideMeta, best_level, find_slides, level0_mpp, open_slide, slide_meta
-from .tissue import tile_fractions, tissue_mask
+from .reader import SlideMeta, best_level, level0_mpp, open_slide, slide_meta
+from .tissue import TISSUE_RULE, tile_fractions, tile_tissue_mask, tissue_mask
 
 MASK_PX_PER_TILE = 16         # tissue-mask pixels along a tile edge (CLAM segments at ~64x downsample)
 MAX_MASK_DOWNSAMPLE = 64
 QA_THUMBNAIL_PX = 1024        # long side of the QA picture
+CANDIDATE_SHARE = 0.5         # read grid cells whose overview tissue is at least this share of min_tissue
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ class Grid:
     scale: float              # level-0 px per tile px (target mpp / level-0 mpp)
     size: int                 # tile edge at the target mpp
     coords: np.ndarray        # [N, 2] int64 level-0 top-left (x, y) of every grid cell
-    tissue: np.ndarray        # [N] float32 tissue fraction of every grid cell
+    tissue: np.ndarray        # [N] float32 overview tissue fraction of every grid cell (candidates)
 
     @property
     def extent0(self) -> float:
@@ -54,14 +55,6 @@ class Grid:
     @property
     def resize(self) -> bool:
         return abs(self.scale / self.downsample - 1) > 1e-9
-
-
-def slides_dir(ws: Workspace) -> Path:
-    return ws.tiles_dir / "slides"
-
-
-def thumbnails_dir(ws: Workspace) -> Path:
-    return ws.tiles_dir / "thumbnails"
 
 
 # ---- one slide -----------------------------------------------------------------------------------
@@ -94,16 +87,25 @@ def plan_grid(slide, path: Path, cfg: SlidesConfig, overview, mpp0: float) -> Gr
     ys = np.round(np.arange(int((height - extent0) // step0) + 1) * step0).astype(np.int64)
     coords = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)   # row-major: y outer, x inner
 
-    mask_downsample = float(np.clip(extent0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE))
-    thumb = overview.resize((max(1, round(width / mask_downsample)), max(1, round(height / mask_downsample))),
-                            Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
-    rgb = np.asarray(thumb)
-    fx, fy = width / rgb.shape[1], height / rgb.shape[0]
-    mask = tissue_mask(rgb, tile_px=extent0 / fx)
+    mask, fx, fy = overview_mask(overview, (width, height), extent0, mpp0)
     if not mask.any():
         raise HistosynthError(f"{path}: no tissue found (the slide looks blank)")
     boxes = np.concatenate([coords / [fx, fy], (coords + extent0) / [fx, fy]], axis=1)
     return Grid(level, downsample, scale, cfg.size, coords, tile_fractions(mask, boxes))
+
+
+def overview_mask(overview, dimensions: tuple[int, int], extent0: float, mpp0: float):
+    """The slide-level tissue mask at MASK_PX_PER_TILE pixels per tile edge (`extent0`: the tile edge
+    in level-0 px); returns (mask, fx, fy), fx/fy level-0 px per mask pixel."""
+    from PIL import Image
+
+    width, height = dimensions
+    mask_downsample = float(np.clip(extent0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE))
+    thumb = overview.resize((max(1, round(width / mask_downsample)), max(1, round(height / mask_downsample))),
+                            Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
+    rgb = np.asarray(thumb.convert("RGB"))
+    fx, fy = width / rgb.shape[1], height / rgb.shape[0]
+    return tissue_mask(rgb, tile_px=extent0 / fx, mpp=mpp0 * fx), fx, fy
 
 
 def runs_of(coords: np.ndarray, step0: float) -> list[np.ndarray]:
@@ -120,8 +122,18 @@ def runs_of(coords: np.ndarray, step0: float) -> list[np.ndarray]:
     return runs
 
 
-def read_run(slide, grid: Grid, coords: np.ndarray, compress: int | None) -> list:
-    """Read one strip of neighbouring tiles; return their pixels (or zlib chunks if `compress`)."""
+@dataclass
+class ReadTile:
+    payload: object           # pixels, or a zlib chunk
+    tissue: float             # tissue fraction of its pixels (tissue.tissue_fraction)
+    descriptors: dict | None  # descriptors.describe_one, for kept tiles when asked
+
+
+def read_run(slide, grid: Grid, coords: np.ndarray, cfg: SlidesConfig, compress: int | None) -> list[ReadTile]:
+    """Read one strip of neighbouring tiles; measure each tile's tissue fraction on its pixels and,
+    for tiles that pass `min_tissue`, its descriptors; return them with the pixels (or zlib chunks)."""
+    from .descriptors import describe_one
+
     from PIL import Image
 
     d, extent0 = grid.downsample, grid.extent0
@@ -142,17 +154,21 @@ def read_run(slide, grid: Grid, coords: np.ndarray, compress: int | None) -> lis
         else:  # PIL scales its filter support with the reduction: antialiased
             box = (x_level, 0.0, x_level + extent0 / d, extent0 / d)
             tile = np.asarray(strip.resize((grid.size, grid.size), Image.Resampling.BILINEAR, box=box))
-        out.append(zlib.compress(tile.tobytes(), compress) if compress else tile)
+        mask = tile_tissue_mask(tile, cfg.mpp)     # tissue.tissue_fraction(tile) is its mean
+        fraction = float(mask.mean())
+        desc = describe_one(tile, cfg.mpp, mask) if cfg.descriptors and fraction >= cfg.min_tissue else None
+        out.append(ReadTile(zlib.compress(tile.tobytes(), compress) if compress else tile, fraction, desc))
     return out
 
 
-def strips(slide, grid: Grid, coords: np.ndarray, step0: float, compress: int | None, threads: int):
+def strips(slide, grid: Grid, coords: np.ndarray, step0: float, cfg: SlidesConfig, compress: int | None):
     """Yield (first row, tiles) per strip, in order, with up to 2 x `threads` strips in flight."""
     runs = runs_of(coords, step0)
+    threads = cfg.threads
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque = deque()
         for run in runs:
-            pending.append((run[0], pool.submit(read_run, slide, grid, coords[run], compress)))
+            pending.append((run[0], pool.submit(read_run, slide, grid, coords[run], cfg, compress)))
             if len(pending) >= 2 * threads:
                 first, future = pending.popleft()
                 yield first, future.result()
@@ -161,43 +177,61 @@ def strips(slide, grid: Grid, coords: np.ndarray, step0: float, compress: int | 
             yield first, future.result()
 
 
-def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, keep: np.ndarray, cfg: SlidesConfig,
-                mpp0: float, mpp_source: str, on_tiles=None) -> None:
-    """Write the slide's HDF5 (CLAM layout, docs/architecture.md) to a temp name, rename when complete.
-    `on_tiles(written, total)` reports progress within the slide."""
+def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, candidates: np.ndarray, cfg: SlidesConfig,
+                mpp0: float, mpp_source: str, on_tiles=None) -> np.ndarray:
+    """Read the candidate tiles, keep those whose own pixels hold `min_tissue` tissue, and write the
+    slide's HDF5 (CLAM layout, docs/architecture.md) to a temp name, renamed when complete. Returns
+    the grid indices of the kept tiles. `on_tiles(read, total)` reports progress within the slide."""
     import h5py
 
-    coords, tissue = grid.coords[keep], grid.tissue[keep]
+    from .descriptors import DESCRIPTORS, write_descriptors
+
+    cand = np.flatnonzero(candidates)
+    coords = grid.coords[cand]
     step0 = (cfg.size - cfg.overlap) * grid.scale
     direct = cfg.compression in ("gzip", "none")   # chunks made in the reader threads
     compress = cfg.gzip_level if cfg.compression == "gzip" else None
     for stale in out.parent.glob(f".tmp-{out.stem}-*"):
         stale.unlink(missing_ok=True)               # left by a killed run of this slide
+    kept, tissue, rows = [], [], []
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        dset = f.create_dataset("coords", data=coords.astype(np.int64))
+        imgs = f.create_dataset(
+            "imgs", shape=(0, cfg.size, cfg.size, 3), maxshape=(None, cfg.size, cfg.size, 3), dtype=np.uint8,
+            chunks=(1, cfg.size, cfg.size, 3),
+            compression=None if cfg.compression == "none" else cfg.compression,
+            compression_opts=cfg.gzip_level if cfg.compression == "gzip" else None,
+        )
+        for first, tiles in strips(slide, grid, coords, step0, cfg, compress if direct else None):
+            for i, tile in enumerate(tiles, start=first):
+                if tile.tissue < cfg.min_tissue:
+                    continue
+                j = len(kept)
+                imgs.resize(j + 1, axis=0)
+                if direct:
+                    imgs.id.write_direct_chunk((j, 0, 0, 0), tile.payload if compress else tile.payload.tobytes())
+                else:
+                    imgs[j] = tile.payload
+                kept.append(cand[i])
+                tissue.append(tile.tissue)
+                rows.append(tile.descriptors)
+            if on_tiles is not None:
+                on_tiles(first + len(tiles), len(coords))
+        if not kept:
+            raise HistosynthError(f"{meta.path}: no tile has at least {cfg.min_tissue:.0%} tissue in its own "
+                                  f"pixels ({len(coords)} candidates read of {len(grid.coords)} grid cells)")
+        dset = f.create_dataset("coords", data=grid.coords[kept].astype(np.int64))
         dset.attrs.update(
             patch_size=cfg.size, patch_level=grid.level, downsample=grid.downsample,
             level_dim=slide.level_dimensions[grid.level], mpp=cfg.mpp, level0_mpp=mpp0,
             scale=grid.scale, size_level0=grid.extent0, overlap=cfg.overlap, min_tissue=cfg.min_tissue,
             mpp_source=mpp_source, slide_id=meta.slide_id, case_id=meta.case_id,
             sample_type=meta.sample_type or "", slide_type=meta.slide_type or "", source=str(meta.path),
-            n_candidates=len(grid.coords),
+            n_candidates=len(grid.coords), n_read=len(coords), tissue_rule=TISSUE_RULE,
         )
-        f.create_dataset("tissue", data=tissue.astype(np.float32))
-        imgs = f.create_dataset(
-            "imgs", shape=(len(coords), cfg.size, cfg.size, 3), dtype=np.uint8,
-            chunks=(1, cfg.size, cfg.size, 3),
-            compression=None if cfg.compression == "none" else cfg.compression,
-            compression_opts=cfg.gzip_level if cfg.compression == "gzip" else None,
-        )
-        for first, tiles in strips(slide, grid, coords, step0, compress if direct else None, cfg.threads):
-            for i, tile in enumerate(tiles, start=first):
-                if direct:
-                    imgs.id.write_direct_chunk((i, 0, 0, 0), tile if compress else tile.tobytes())
-                else:
-                    imgs[i] = tile
-            if on_tiles is not None:
-                on_tiles(first + len(tiles), len(coords))
+        f.create_dataset("tissue", data=np.asarray(tissue, dtype=np.float32))
+        if cfg.descriptors:
+            write_descriptors(f, {name: [r[name] for r in rows] for name in DESCRIPTORS})
+    return np.asarray(kept, dtype=np.int64)
 
 
 def save_qa_thumbnail(path: Path, slide, overview, grid: Grid, keep: np.ndarray, meta: SlideMeta) -> None:
@@ -225,20 +259,28 @@ def tile_slide(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) 
         mpp0, mpp_source = level0_mpp(slide, meta.path, cfg.assume_mpp)
         overview = read_overview(slide, mpp0, cfg)
         grid = plan_grid(slide, meta.path, cfg, overview, mpp0)
-        keep = grid.tissue >= cfg.min_tissue
-        if not keep.any():
+        candidates = grid.tissue >= cfg.min_tissue * CANDIDATE_SHARE
+        if not candidates.any():
             raise HistosynthError(f"{meta.path}: no tile has at least {cfg.min_tissue:.0%} tissue "
                                   f"(best {grid.tissue.max():.0%} of {len(grid.coords)} grid cells)")
-        save_qa_thumbnail(thumbnails_dir(ws) / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
-        write_slide(slides_dir(ws) / f"{meta.slide_id}.h5", slide, meta, grid, keep, cfg, mpp0, mpp_source,
-                    on_tiles)
+        out = ws.slides_dir / f"{meta.slide_id}.h5"
+        keep = write_slide(out, slide, meta, grid, candidates, cfg, mpp0, mpp_source, on_tiles)
+        save_qa_thumbnail(ws.thumbnails_dir / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
+        tissue = read_tissue(out)
     finally:
         slide.close()
     return {
-        "slide_id": meta.slide_id, "tiles": int(keep.sum()), "candidates": len(grid.coords),
-        "tissue_mean": round(float(grid.tissue[keep].mean()), 4), "level": grid.level,
+        "slide_id": meta.slide_id, "tiles": len(keep), "candidates": len(grid.coords),
+        "tissue_mean": round(float(tissue.mean()), 4), "level": grid.level,
         "level0_mpp": mpp0, "mpp_source": mpp_source,
     }
+
+
+def read_tissue(path: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["tissue"][:]
 
 
 def _tile_slide_safely(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) -> dict:
@@ -263,19 +305,57 @@ def _single_threaded_worker() -> None:
 
 # ---- many slides ---------------------------------------------------------------------------------
 
-def is_finished(path: Path, cfg: SlidesConfig) -> bool:
-    """A complete .h5 made with the current grid settings."""
+def retile_reason(path: Path, cfg: SlidesConfig, level0: tuple[float, str] | None,
+                  fingerprint: str | None = None) -> str | None:
+    """Why the slide at `path` (its .h5) must be tiled now, or None when it is finished with the
+    current settings: same target mpp, tile size, overlap, tissue threshold and rule, same level-0
+    scale (`level0`: (mpp, source) as found now; None when it cannot be known now, as for a slide
+    tiled with a guessed scale and no --assume-mpp this time), same dataset listing."""
     import h5py
 
     if not path.exists():
-        return False
+        return "new"
     try:
         with h5py.File(path, "r") as f:
-            attrs = f["coords"].attrs
-            return all(np.isclose(attrs[k], getattr(cfg, k)) for k in ("mpp", "overlap", "min_tissue")) \
-                and int(attrs["patch_size"]) == cfg.size
+            attrs = dict(f["coords"].attrs)
     except (OSError, KeyError):
-        return False
+        return "unreadable tile file"
+    changes = []
+    if not np.isclose(attrs["mpp"], cfg.mpp) or int(attrs["patch_size"]) != cfg.size:
+        changes.append(f"tiles were {int(attrs['patch_size'])} px at {float(attrs['mpp']):g} um/px, "
+                       f"now {cfg.size} px at {cfg.mpp:g}")
+    if int(attrs["overlap"]) != cfg.overlap:
+        changes.append(f"overlap {int(attrs['overlap'])} -> {cfg.overlap}")
+    if attrs.get("kind") != "tile-dataset" and not np.isclose(attrs["min_tissue"], cfg.min_tissue):
+        changes.append(f"min tissue {float(attrs['min_tissue']):g} -> {cfg.min_tissue:g}")
+    if int(attrs.get("tissue_rule", 1)) != TISSUE_RULE:
+        changes.append("tiled with an older tissue rule")
+    if level0 is not None and not np.isclose(float(attrs["level0_mpp"]), level0[0]):
+        changes.append(f"scale {float(attrs['level0_mpp']):g} um/px ({attrs.get('mpp_source', '?')}) -> "
+                       f"{level0[0]:g} ({level0[1]})")
+    if fingerprint is not None and attrs.get("fingerprint") != fingerprint:
+        changes.append("its images changed")
+    return "; ".join(changes) or None
+
+
+def current_scale(meta: SlideMeta, assume_mpp: float | None) -> tuple[float, str] | None:
+    """The slide's level-0 (mpp, source) as this run would use it; None if it has no scale of its
+    own and no --assume-mpp was given (an already tiled slide then stays as it is)."""
+    try:
+        slide = open_slide(meta.path)
+    except HistosynthError:
+        return None
+    try:
+        return level0_mpp(slide, meta.path, assume_mpp)
+    except HistosynthError:
+        return None
+    finally:
+        slide.close()
+
+
+def is_finished(path: Path, cfg: SlidesConfig) -> bool:
+    """A complete .h5 made with the current grid settings (scale not checked)."""
+    return retile_reason(path, cfg, None) is None
 
 
 def select_slides(paths: list[Path], cfg: SlidesConfig,
@@ -296,33 +376,94 @@ def select_slides(paths: list[Path], cfg: SlidesConfig,
     return kept, skipped
 
 
-def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores_dir: Path | None = None,
-                shard: tuple[int, int] | None = None) -> dict:
-    """Tile slides (files or folders) into the workspace, then rebuild the tile index.
+def find_inputs(inputs: list[Path]) -> tuple[list[Path], list]:
+    """(slide files, tile datasets) of the inputs: a CSV is a tile dataset with captions; a folder's
+    small plain images form one tile dataset (images.py); everything else is a slide."""
+    from .images import classify_folder, dataset_from_folder, read_caption_csv
+    from .reader import SLIDE_SUFFIXES
 
+    slides: set[Path] = set()
+    datasets = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found, tiles = classify_folder(item, SLIDE_SUFFIXES)
+            slides.update(found)
+            if tiles:
+                datasets.append(dataset_from_folder(item, tiles))
+        elif item.is_file() and item.suffix.lower() == ".csv":
+            datasets.append(read_caption_csv(item))
+        elif item.exists():
+            slides.add(item)
+        else:
+            raise HistosynthError(f"{item}: no such file or folder")
+    if not slides and not datasets:
+        raise HistosynthError(f"{', '.join(map(str, inputs))}: no slides or images found "
+                              f"(looked for {' '.join(SLIDE_SUFFIXES)} .png .jpg .jpeg, or a tile CSV)")
+    ids: dict[str, Path] = {}
+    for name, origin in [(p.stem, p) for p in sorted(slides)] + [(d.dataset_id, d.root) for d in datasets]:
+        if name in ids:
+            raise HistosynthError(f"{origin}: same slide id '{name}' as {ids[name]}; rename one of them")
+        ids[name] = origin
+    return sorted(slides), datasets
+
+
+def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores_dir: Path | None = None,
+                shard: tuple[int, int] | None = None, assume_mpp: float | None = None) -> dict:
+    """Tile slides, plain images and tile datasets (files or folders) into the workspace, then
+    rebuild the tile index.
+
+    `assume_mpp` is this run's guess of the level-0 scale of inputs that carry none: it is recorded
+    per slide (HDF5 `mpp_source`, index `mpp_source`), never saved into the workspace config. A
+    slide whose scale, tile size or target mpp changed since it was tiled is tiled again, and the
+    run says why. One `tile` at a time per workspace (an OS lock; a second run names the holder).
     Returns a summary: counts, per-slide statistics, and `failed` ({slide: one-line reason}).
     With `shard=(k, n)` only the k-th of n slide subsets is tiled and the index is left to
     `histosynth tile-merge`, so that parallel jobs never write the same file.
     """
+    from ..locks import stage_lock
     from .index import finished_slides, write_index
     from .scores import join_scores
 
-    scfg = cfg.slides
+    if cfg.slides.assume_mpp is not None:
+        warn(f"slides.assume_mpp={cfg.slides.assume_mpp} in the workspace config is ignored: a guessed "
+             "scale applies to one run only; pass --assume-mpp to the run that needs it")
+    scfg = cfg.slides.model_copy(update={"assume_mpp": assume_mpp})   # in memory only, never saved
     manifest_name = "manifest.json" if shard is None else f"manifest-shard-{shard[0]}-of-{shard[1]}.json"
-    with recording("tile", ws.tiles_dir, config=cfg, seeds={"split": cfg.split.seed},
-                   filename=manifest_name) as manifest:
-        metas, filtered = select_slides(find_slides(slides), scfg, shard)
+    # shards of one array job share the workspace by design (disjoint slides): one lock per shard
+    lock = ws.lock_path("tile" if shard is None else f"tile-shard-{shard[0]}-of-{shard[1]}")
+    with stage_lock(lock, "tile"), \
+            recording("tile", ws.tiles_dir, config=cfg, seeds={"split": cfg.split.seed},
+                      filename=manifest_name) as manifest:
+        manifest.results["assume_mpp"] = assume_mpp
+        slide_paths, datasets = find_inputs(slides)
+        metas, filtered = select_slides(slide_paths, scfg, shard)
+        if shard is not None:
+            datasets = datasets[shard[0]::shard[1]]
         for meta in metas:
             manifest.add_input(meta.path, name=meta.slide_id)  # sha256, or size + ends for big slides
-        todo = [m for m in metas if not is_finished(slides_dir(ws) / f"{m.slide_id}.h5", scfg)]
-        info(f"{len(metas)} slides: {len(metas) - len(todo)} already tiled, {len(todo)} to tile"
+        todo, datasets_todo = [], []
+        for meta in metas:
+            reason = retile_reason(ws.slide_path(meta.slide_id), scfg, current_scale(meta, assume_mpp))
+            if reason is not None:
+                todo.append(meta)
+                if reason != "new":
+                    info(f"{meta.slide_id}: tiled before with other settings ({reason}): tiling again")
+        for spec in datasets:
+            level0 = (assume_mpp, "assumed") if assume_mpp else None
+            reason = retile_reason(ws.slide_path(spec.dataset_id), scfg, level0, spec.fingerprint())
+            if reason is not None:
+                datasets_todo.append(spec)
+                if reason != "new":
+                    info(f"{spec.dataset_id}: tiled before with other settings ({reason}): tiling again")
+        n_inputs, n_todo = len(metas) + len(datasets), len(todo) + len(datasets_todo)
+        info(f"{n_inputs} slides/datasets: {n_inputs - n_todo} already tiled, {n_todo} to tile"
              + (f", {len(filtered)} filtered out by sample/slide type" if filtered else ""))
-        results = run_slides(todo, ws, scfg)
+        results = run_slides(todo, ws, scfg) + run_datasets(datasets_todo, ws, scfg)
         failed = {r["slide_id"]: r["error"] for r in results if "error" in r}
         tiled = [r for r in results if "error" not in r]
         scored = join_scores(ws, [m for m in metas if m.slide_id not in failed], scores_dir) if scores_dir else 0
         summary = {
-            "slides": len(metas), "tiled": len(tiled), "skipped_finished": len(metas) - len(todo),
+            "slides": n_inputs, "tiled": len(tiled), "skipped_finished": n_inputs - n_todo,
             "failed": failed, "filtered_out": filtered, "new_tiles": sum(r["tiles"] for r in tiled),
             "per_slide": tiled, "scored_slides": scored, "shard": list(shard) if shard else None,
         }
@@ -332,6 +473,24 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
                            index_slides=int(index["slide_id"].nunique()))
         manifest.results.update(summary)
     return summary
+
+
+def run_datasets(todo: list, ws: Workspace, cfg: SlidesConfig) -> list[dict]:
+    """Tile datasets, one after the other in this process (each failure: one line, the others go on)."""
+    from .images import tile_dataset
+
+    results = []
+    for spec in todo:
+        try:
+            result = tile_dataset(spec, ws.slide_path(spec.dataset_id), cfg, cfg.assume_mpp)
+        except HistosynthError as exc:
+            result = {"slide_id": spec.dataset_id, "error": str(exc)}
+            error(result["error"])
+        else:
+            info(f"{spec.dataset_id}: {result['tiles']} tiles from {result['images']} images, "
+                 f"mean tissue {result['tissue_mean']:.2f}")
+        results.append(result)
+    return results
 
 
 def run_slides(todo: list[SlideMeta], ws: Workspace, cfg: SlidesConfig) -> list[dict]:
