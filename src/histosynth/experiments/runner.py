@@ -52,7 +52,8 @@ STAGES = ("sample-data", "tile", "reports", "summarize", "embed", "train-vae", "
           "evaluate")
 # Which config sections and which earlier stages each stage's result depends on.
 CONFIG_OF = {
-    "sample-data": (), "tile": ("slides", "split"), "reports": ("reports",), "summarize": ("summaries",),
+    "sample-data": (), "tile": ("slides", "split"), "reports": ("reports",),
+    "summarize": ("summaries", "text"),   # the budget is counted in the text encoder's tokenizer
     "embed": ("text",), "train-vae": ("vae",), "encode": ("vae",),
     "train": ("unet", "diffusion", "train", "text"), "sample": ("sample",), "evaluate": ("evaluate",),
 }
@@ -141,8 +142,11 @@ class Pipeline:
     def unit(self, name: str) -> str:
         """The status-record key: stages per budget or per run have one record each."""
         p = self.params
-        if name in ("summarize", "embed"):
-            return f"{name}:budget-{p['budget']}:{self.cfg.text.encoder}:{self.cfg.text.template}"
+        # One unit per output location: a second config writing the same file must redo the stage.
+        if name == "summarize":
+            return f"summarize:budget-{p['budget']}"
+        if name == "embed":
+            return f"embed:budget-{p['budget']}:{self.cfg.text.encoder}"
         if name == "train":
             return f"train:{p['run_name']}"
         if name in ("sample", "evaluate"):
