@@ -149,3 +149,20 @@ def test_planted_checks(tmp_path, real_slide):
     seed = comparisons[comparisons["kind"] == "seed-noise"]
     assert disabled["outside_noise"].all() and (disabled["median_diff"] > 0).all()  # worse without text
     assert not seed["outside_noise"].any()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fields", "summary,nope"], "--fields nope: unknown"),
+    (["--seeds", "x"], "--seeds x: expected a comma-separated list"),
+    ([], "tiles/index.parquet: not found"),
+])
+def test_ablate_command_fails_in_one_line_and_writes_nothing(tmp_path, args, message):
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    proc = subprocess.run([sys.executable, "-m", "histosynth.cli", "ablate", "-w", str(ws), *args],
+                          capture_output=True, text=True)
+    assert proc.returncode != 0 and message in proc.stderr + proc.stdout
+    assert len((proc.stderr + proc.stdout).strip().splitlines()) == 1
+    assert not ws.exists()
