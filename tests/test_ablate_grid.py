@@ -113,14 +113,14 @@ def test_smoke_grid_table_comparisons_plots_and_honesty(smoke_grid):
     assert cells["stain_error_ci_lo"].le(cells["stain_error_mean"]).all()
     comparisons = pd.read_csv(out / "comparisons.csv")
     assert len(comparisons) == 3 * len(ablate.PER_IMAGE)  # every non-baseline cell, every per-image metric
-    result = json.loads((out / "result.json").read_text())
+    result = json.loads((out / ablate.GRID_FILE).read_text())
     assert set(result["sentences"]) == {"encoder", "fields"}
     assert (out / "axis-encoder.png").exists() and (out / "axis-fields.png").exists()
 
 
 def test_smoke_grid_rerun_skips_every_cell(smoke_grid):
     ws, cfg, spec, _, _ = smoke_grid
-    marker = ws.ablation_dir / "b35_minilm_summary_full" / "seed-0" / "result.json"
+    marker = ws.ablation_dir / "b35_minilm_summary_full" / "seed-0" / ablate.CELL_FILE
     stamp = marker.stat().st_mtime_ns
     t0 = time.perf_counter()
     ablate.run_grid(ws, cfg, spec)

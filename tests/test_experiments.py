@@ -66,7 +66,7 @@ def test_analysis_writes_tables_and_one_plot_per_axis(tmp_path):
     encoders = {"minilm": {"kind": "real"}, "random-clip": {"kind": "random"}}
     page = ablate.analyse(runs.to_dict(orient="records"), frames, cells, cells[0], spec, encoders, tmp_path)
     assert page == tmp_path / "table.md"
-    for name in ("table.csv", "comparisons.csv", "runs.csv", "per_image.csv", "result.json"):
+    for name in ("table.csv", "comparisons.csv", "runs.csv", "per_image.csv", ablate.GRID_FILE):
         assert (tmp_path / name).exists()
     for axis in ("fields", "encoder"):
         assert Image.open(tmp_path / f"axis-{axis}.png").size[0] > 300
