@@ -24,12 +24,12 @@ def grid_data(shift: float = 0.0, seeds=(0, 1), n: int = 30):
         for rank, seed in enumerate(seeds):
             values = base[rank] + (shift if cell.fields == "none" else 0.0) + rng.normal(0, 1e-4, n)
             frame = pd.DataFrame({"index": range(n), "tile_id": range(n), "stain_error": values,
-                                  "colour_error": values * 10, "cell": cell.name, "seed": seed, "seed_rank": rank})
+                                  "prompt_margin": values * 10, "cell": cell.name, "seed": seed, "seed_rank": rank})
             images.append(frame)
             runs.append({"cell": cell.name, **cell.axes(), "seed": seed, "seed_rank": rank, "n_images": n,
                          "encoder_kind": "random" if "random" in cell.encoder else "real",
                          "eval:stain.frechet_hed": 0.1 + seed, "eval:fid": math.nan, "stain_error": values.mean(),
-                         "colour_error": values.mean() * 10, "peak_train_memory_mib": 100.0, "step_time_s": 0.2})
+                         "prompt_margin": values.mean() * 10, "peak_train_memory_mib": 100.0, "step_time_s": 0.2})
     return cells, pd.DataFrame(runs), pd.concat(images, ignore_index=True)
 
 

@@ -69,7 +69,7 @@ CONTENTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
 }
 REAL_OFFLINE_ENCODERS = ("minilm",)
 RANDOM_ENCODERS = ("random-clip", "random-bert")
-PER_IMAGE = ("stain_error", "colour_error")   # per-image fidelity to the conditioning tile (lower is better)
+PER_IMAGE = ("prompt_margin", "stain_error")  # per-image fidelity to the conditioning text / tile (lower is better)
 CELL_FILE = "cell.json"          # one (cell, seed)'s figures, in WS/ablation/<cell>/seed-<s>/
 GRID_FILE = "grid.json"          # the grid's comparisons and sentences, in WS/ablation/
 RANDOM_NOTE = ("Encoders marked 'random' are randomly initialised towers (no weights offline): their cells check "
@@ -172,10 +172,11 @@ def run_grid(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, preset: str |
         manifest.results.update(grid=spec.model_dump(), preset=preset, overrides=list(overrides))
         Pipeline(ws, cfg).run(stages=["train-vae", "encode"])   # one VAE and one latent cache for all cells
         encoders = {e: resolve_encoder(ws, e) for e in {c.encoder for c in cells}}
+        populations = prompt_populations(ws)
         rows, images = [], []
         for cell in cells:
             for rank, seed in enumerate(spec.seeds):
-                row, per_image = run_cell(ws, cfg, spec, cell, seed, encoders[cell.encoder], log)
+                row, per_image = run_cell(ws, cfg, spec, cell, seed, encoders[cell.encoder], log, populations)
                 rows.append({**row, "seed_rank": rank})
                 images.append(per_image.assign(cell=cell.name, seed=seed, seed_rank=rank))
         path = analyse(rows, images, cells, base, spec, encoders, out)
@@ -194,7 +195,7 @@ def cell_config(cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, seed: int, en
 
 
 def run_cell(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, seed: int,
-             encoder: dict, log: WorkLog):
+             encoder: dict, log: WorkLog, populations: dict):
     """One (cell, seed): embed, train (own process), sample, evaluate, per-image fidelity."""
     import pandas as pd
 
@@ -218,7 +219,7 @@ def run_cell(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, s
         stages=stages, budget=cell.budget, run_name=run_name,
         sample=SampleSpec(n=n, out_dir=folder / "samples", seed=spec.sample_seed, split=spec.split),
         eval_dir=folder / "eval")
-    per_image = per_image_fidelity(cell_ws, folder / "samples")
+    per_image = per_image_fidelity(cell_ws, folder / "samples", populations)
     with atomic_path(folder / "per_image.csv") as tmp:
         per_image.to_csv(tmp, index=False)
     train_results = train_figures(cell_ws.run_dir(run_name))
@@ -272,16 +273,55 @@ def set_metrics(scores: dict) -> dict[str, float]:
     return {f"eval:{k}": v for k, v in flat.items()}
 
 
-def per_image_fidelity(ws: Workspace, samples: Path):
-    """Per generated image, its distance to the real tile whose text conditioned it.
+POPULATION_TILES = 256   # real tiles per report group whose mean stands for the group's appearance
 
-    stain_error: Euclidean distance of the mean haematoxylin/eosin/DAB optical densities
-    (`skimage.color.rgb2hed`); colour_error: of the mean RGB (0-1). Weight-free and per image, so
-    cells can be compared image by image.
+
+def _hed_mean(image):
+    """Mean haematoxylin / eosin / DAB optical density of an image (`skimage.color.rgb2hed`)."""
+    import numpy as np
+    from skimage.color import rgb2hed
+
+    return rgb2hed(np.asarray(image)[..., :3]).reshape(-1, 3).mean(0)
+
+
+def prompt_populations(ws: Workspace) -> dict:
+    """The real appearance each report stands for: mean HED of the tiles of all cases with that report.
+
+    Grouping by report text (not by the cell's summary) keeps the target the same in every cell,
+    so cells can be compared image by image; cases with identical reports form one group.
+    """
+    import numpy as np
+
+    from ..fileio import text_hash
+    from ..reports.ingest import read_reports
+    from ..slides.index import read_index
+    from ..slides.store import TileStore
+
+    group_of = {c: text_hash(t) for c, t in zip(*(read_reports(ws)[k] for k in ("case_id", "text")))}
+    index = read_index(ws)
+    index = index[index["case_id"].isin(group_of)].assign(group=lambda f: f["case_id"].map(group_of))
+    rng, means, rows = np.random.default_rng(0), {}, []
+    store = TileStore(ws)
+    for group, tiles in index.groupby("group"):
+        ids = tiles["tile_id"].to_numpy()
+        ids = np.sort(rng.choice(ids, size=min(len(ids), POPULATION_TILES), replace=False))
+        hed = np.stack([_hed_mean(t) for t in store.get([int(i) for i in ids])])
+        means[group] = hed.mean(0)
+        rows.append(hed)
+    scale = np.concatenate(rows).std(0) + 1e-6
+    return {"group_of": group_of, "means": means, "scale": scale}
+
+
+def per_image_fidelity(ws: Workspace, samples: Path, populations: dict):
+    """Per generated image, how well it matches the text that conditioned it (lower is better).
+
+    prompt_margin: the image's standardised HED distance to its own report group's real tiles minus
+    the distance to the nearest other group (negative: closer to its own text's tissue than to any
+    other; NaN with a single group). stain_error: HED distance to the very tile whose text
+    conditioned it. Weight-free and per image, so cells are compared image by image.
     """
     import numpy as np
     import pandas as pd
-    from skimage.color import rgb2hed
 
     from ..imageio import load_rgb
     from ..sample.generate import read_metadata
@@ -291,18 +331,16 @@ def per_image_fidelity(ws: Workspace, samples: Path):
     if not records or "tile_id" not in records[0]:
         raise HistosynthError(f"{samples}: per-image fidelity needs images conditioned on tiles (from summaries)")
     real = TileStore(ws).get([int(r["tile_id"]) for r in records])
-
-    def describe(img) -> tuple[np.ndarray, np.ndarray]:
-        rgb = np.asarray(img)[..., :3]
-        return rgb2hed(rgb).reshape(-1, 3).mean(0), rgb.reshape(-1, 3).mean(0) / 255.0
-
+    means, scale = populations["means"], populations["scale"]
     rows = []
     for record, tile in zip(records, real):
-        g_hed, g_rgb = describe(load_rgb(samples / record["file"]))
-        r_hed, r_rgb = describe(tile)
-        rows.append({"index": int(record["index"]), "tile_id": int(record["tile_id"]),
-                     "stain_error": float(np.linalg.norm(g_hed - r_hed)),
-                     "colour_error": float(np.linalg.norm(g_rgb - r_rgb))})
+        g = _hed_mean(load_rgb(samples / record["file"]))
+        own = populations["group_of"].get(record["case_id"])
+        dist = {k: float(np.linalg.norm((g - m) / scale)) for k, m in means.items()}
+        others = [d for k, d in dist.items() if k != own]
+        margin = dist[own] - min(others) if own in dist and others else math.nan
+        rows.append({"index": int(record["index"]), "tile_id": int(record["tile_id"]), "prompt_margin": margin,
+                     "stain_error": float(np.linalg.norm(g - _hed_mean(tile)))})
     return pd.DataFrame(rows)
 
 
@@ -533,8 +571,9 @@ def markdown(table, comparisons, sentences: dict, base: Cell, encoders: dict) ->
             cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Mean ± sd over seeds; [bootstrap 95 % interval over images]; n/a: not computed "
-              "(each run's eval/report.md says why); every metric's inputs are in table.csv. stain_error, colour_error: per-image distance to the "
-              "conditioning tile (lower is better).", "", "## Paired comparisons", "",
+              "(each run's eval/report.md says why); every metric's inputs are in table.csv. prompt_margin: per image, standardised HED distance "
+              "to its own report's real tiles minus that to the nearest other report's (negative: the text is "
+              "followed); stain_error: HED distance to the conditioning tile (both: lower is better).", "", "## Paired comparisons", "",
               "| cell | vs | metric | pairs | median diff | p | Holm p | outside noise |", "|---|---|---|---|---|---|---|---|"]
     for r in comparisons.itertuples():
         lines.append(f"| {r.cell} | {r.vs} | {r.metric} | {r.n_pairs} | {r.median_diff:+.4g} | {r.p:.3g} | "
