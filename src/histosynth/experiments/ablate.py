@@ -201,7 +201,7 @@ def run_cell(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, s
 
     folder = ws.ablation_dir / cell.name / f"seed-{seed}"
     cell_cfg = cell_config(cfg, spec, cell, seed, encoder["path"])
-    key = inputs_hash(config=cell_cfg.model_dump(mode="json"), n=spec.n, split=spec.split,
+    key = inputs_hash(config=cell_cfg.model_dump(mode="json", exclude_defaults=True), n=spec.n, split=spec.split,
                       sample_seed=spec.sample_seed, axes=cell.axes())
     unit = f"{cell.name}/seed-{seed}"
     if log.done(unit, key) and (folder / CELL_FILE).exists() and (folder / "per_image.csv").exists():

@@ -157,7 +157,9 @@ class Pipeline:
         parts: dict[str, Any] = {"stage": name}
         for section in CONFIG_OF[name]:
             part = getattr(self.cfg, section, None)
-            parts[section] = part.model_dump() if hasattr(part, "model_dump") else part
+            # Values that differ from the defaults only: a field added (or a dead one removed) by a
+            # newer histosynth must not redo a finished stage.
+            parts[section] = part.model_dump(mode="json", exclude_defaults=True) if hasattr(part, "model_dump") else part
         for up in UPSTREAM[name]:
             parts[f"after:{up}"] = self._upstream_fingerprint(up)
         parts.update(self._stage_params(name))
