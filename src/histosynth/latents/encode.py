@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..console import HistosynthError, info, track
 from ..fileio import atomic_path, write_json
 from ..imageio import to_uint8, to_unit_range
@@ -102,9 +103,13 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
     if index["tile_key"].duplicated().any():
         raise HistosynthError(f"{ws.tile_index_path}: duplicate tiles ({index['tile_key'][index['tile_key'].duplicated()].iloc[0]})")
     store = TileStore(ws, index)
-    with stage_lock(ws.lock_path("encode"), "encode"), recording("encode", out, config=cfg) as manifest:
+    with stage_lock(ws.lock_path("encode"), "encode"), \
+            distributed.on_main(recording, "encode", out, config=cfg) as manifest:  # rank 0 records
         manifest.add_input(ws.tile_index_path, "tiles/index.parquet")
         where = encode_missing(out, WorkLog(ws.status_path(out)), vae, store, index, cfg)
+        if not distributed.is_main():  # other ranks: done once rank 0 has written the index
+            distributed.barrier()
+            return out
         shape = list(load_shard(out, next(iter(where.values()))[0])["latents"].shape[1:])
         ids = index["tile_id"].astype(int).tolist()
         train_ids = index.loc[index["split"] == "train", "tile_id"].astype(int).tolist() or ids
@@ -125,6 +130,7 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
         LatentsResult(vae=str(source), vae_id=out.name, path=str(out.relative_to(ws.root)), count=len(ids),
                       keys=keys_hash(index["tile_key"])).write(ws)  # last: the cache is complete and current
         manifest.results.update(meta)
+    distributed.barrier()
     if check:
         used = "cached variants are used" if cfg.vae.cache_dihedral else "latent-space transforms are used"
         info(f"latents: {len(ids)} tiles {shape}; dihedral in latent space: relative error "
@@ -176,22 +182,30 @@ def encode_missing(out: Path, log: WorkLog, vae, store, index, cfg) -> dict[str,
         part = todo.iloc[start:start + SHARD_TILES]
         keys, ids = part["tile_key"].tolist(), part["tile_id"].astype(int).tolist()
         tensors = encode_shard(vae, store, ids, cfg, f"encode shard {k}")
-        with atomic_path(out / shard_name(k)) as tmp:
-            save_file(tensors, tmp, metadata={KEYS_METADATA: json.dumps(keys)})
-        log.mark(shard_name(k), shard_inputs(keys, cfg.vae.cache_dihedral), "done", output={"tiles": len(keys)})
+        if tensors is not None:  # rank 0 writes the shard merged from every rank's batches
+            with atomic_path(out / shard_name(k)) as tmp:
+                save_file(tensors, tmp, metadata={KEYS_METADATA: json.dumps(keys)})
+            log.mark(shard_name(k), shard_inputs(keys, cfg.vae.cache_dihedral), "done", output={"tiles": len(keys)})
         where.update({key: (k, row) for row, key in enumerate(keys)})
     return where
 
 
 @torch.no_grad()
 def encode_shard(vae, store, shard_ids: list[int], cfg, label: str) -> dict:
-    """`latents` [n, C, h, w] and, with vae.cache_dihedral, `variants` [n, 7, C, h, w] (k = 1..7)."""
-    lat, var = [], []
-    for chunk in track(list(batches(shard_ids, cfg.vae.encode_batch_size)), label):
+    """`latents` [n, C, h, w] and, with vae.cache_dihedral, `variants` [n, 7, C, h, w] (k = 1..7).
+
+    Under a launcher each rank encodes its share of the batches and rank 0 gets the merged shard
+    (histosynth.distributed); the other ranks get None."""
+    chunks, done = list(batches(shard_ids, cfg.vae.encode_batch_size)), []
+    for i, chunk in track(distributed.my_share(chunks), label):  # this rank's whole batches
         x = to_unit_range(store.get(chunk))
-        lat.append(encode(vae, x).float())
-        if cfg.vae.cache_dihedral:
-            var.append(torch.stack([encode(vae, dihedral(x, k)).float() for k in range(1, 8)], dim=1))
+        variants = torch.stack([encode(vae, dihedral(x, k)).float() for k in range(1, 8)], dim=1) \
+            if cfg.vae.cache_dihedral else None
+        done.append((i, (encode(vae, x).float(), variants)))
+    parts = distributed.gather_ordered(done, len(chunks))  # None on ranks other than 0
+    if parts is None:
+        return None
+    lat, var = [p[0] for p in parts], [p[1] for p in parts if p[1] is not None]
     tensors = {"latents": torch.cat(lat).contiguous()}
     if var:
         tensors["variants"] = torch.cat(var).contiguous()
