@@ -38,6 +38,19 @@ STATUS_FILE = "status.json"
 MANIFEST_FILE = "manifest.json"
 PIPELINE_CLASS = "HistoSynthPipeline"
 TRAIN_UNIT = "train"
+# diffusers loads the `text_encoder` component with this class's from_pretrained, which reads the
+# condition record and loads the encoder it names (histosynth.sample.components explains why).
+TEXT_ENCODER_COMPONENT = ("histosynth.sample.components", "HistoSynthTextEncoder")
+
+
+def pipeline_components(vae_class: str, scheduler_class: str = "DDPMScheduler",
+                        ema: bool = False) -> dict[str, tuple[str, str]]:
+    """The `[library, class]` entries of a run's model_index.json (train and convert write the same)."""
+    components = {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", vae_class),
+                  "scheduler": ("diffusers", scheduler_class), "text_encoder": TEXT_ENCODER_COMPONENT}
+    if ema:
+        components["unet_ema"] = ("diffusers", "UNet2DConditionModel")
+    return components
 
 
 @dataclass

@@ -121,7 +121,7 @@ def run_cell(ws: Workspace, cfg: HistoSynthConfig, budget: int, seed: int, confi
     run_results = read_json(run_dir / "manifest.json").get("results", {})
     n = n_samples or test_tile_count(ws, cfg)
     samples = sample_run(run_dir, prompts=None, n=n, from_summaries=True, split="test", seed=seed,
-                         out_dir=cell / "samples")
+                         out_dir=cell / "samples", workspace=ws.root, budget=budget)
     scores = evaluate(f"{ws.root}:test", samples, cell / "eval", train=f"{ws.root}:train",
                       inception_weights=cfg.evaluate.inception_weights)
     row = {
