@@ -92,7 +92,7 @@ class HistoSynthPipeline(DiffusionPipeline):
         import diffusers
 
         from histosynth.fileio import atomic_dir
-        from histosynth.modelcard import write_model_card
+        from histosynth.modelcard import run_metrics, training_data, write_model_card
 
         out = Path(save_directory)
         with atomic_dir(out) as tmp:
@@ -107,7 +107,10 @@ class HistoSynthPipeline(DiffusionPipeline):
             run.write_condition(condition)
             run.write_model_index(self.component_index(), diffusers.__version__,
                                   source_checkpoint=self.source_checkpoint)
-            write_model_card(run)
+            origin = self.origin  # the card keeps what the original run recorded about data and metrics
+            write_model_card(run, metrics=run_metrics(origin) if origin else None,
+                             data=training_data(origin, self.source_checkpoint, condition.source_workspace)
+                             if origin else None)
 
     def component_index(self) -> dict[str, tuple[str, str]]:
         """`[library, class]` of each component, as model_index.json records them."""
@@ -125,18 +128,21 @@ class HistoSynthPipeline(DiffusionPipeline):
         return self.text_encoder.run_config.sample
 
     @property
-    def source_checkpoint(self) -> dict | None:
+    def origin(self) -> RunFolder | None:
+        """The run folder this pipeline was loaded from, if any."""
         path = getattr(self.config, "_name_or_path", None)
-        return RunFolder(path).source_checkpoint() if path and Path(path).is_dir() else None
+        return RunFolder(path) if path and Path(path).is_dir() else None
+
+    @property
+    def source_checkpoint(self) -> dict | None:
+        return self.origin.source_checkpoint() if self.origin else None
 
     @property
     def checkpoint_hash(self) -> str | None:
         """Identity of the U-Net weights used (hash of the run's unet_ema/ or unet/ folder)."""
-        if self._checkpoint_hash is None:
-            path = getattr(self.config, "_name_or_path", None)
-            if path and Path(path).is_dir():
-                run = RunFolder(path)
-                self._checkpoint_hash = hash_input(run.unet_ema_dir if self.uses_ema else run.unet_dir)
+        if self._checkpoint_hash is None and self.origin is not None:
+            run = self.origin
+            self._checkpoint_hash = hash_input(run.unet_ema_dir if self.uses_ema else run.unet_dir)
         return self._checkpoint_hash
 
     def to(self, *args, **kwargs) -> "HistoSynthPipeline":

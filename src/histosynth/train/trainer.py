@@ -24,6 +24,7 @@ from ..fileio import atomic_dir, write_json
 from ..imageio import contact_sheet, save_png, to_uint8
 from ..latents.vae import decode, load_vae
 from ..manifest import recording
+from ..runfolder import TEXT_ENCODER_COMPONENT
 from ..workspace import Workspace
 from .checkpoints import ema_unet, latest_checkpoint, load_checkpoint, save_checkpoint, save_unet
 from .data import Batch, TrainData
@@ -125,7 +126,8 @@ def write_run_skeleton(run: Path, cfg, data: TrainData, vae, noise_scheduler) ->
     write_json(run / "text_encoder.json", text_info | {"width": data.width, "embeddings": str(getattr(data.emb, "path", ""))})
     index = {"_class_name": "HistoSynthPipeline", "_diffusers_version": diffusers_version,
              "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", type(vae).__name__],
-             "scheduler": ["diffusers", type(noise_scheduler).__name__]}
+             "scheduler": ["diffusers", type(noise_scheduler).__name__],
+             "text_encoder": list(TEXT_ENCODER_COMPONENT)}  # diffusers loads the text side through it
     if cfg.train.ema:
         index["unet_ema"] = ["diffusers", "UNet2DConditionModel"]
     write_json(run / "model_index.json", index)
