@@ -36,6 +36,7 @@ STAGE_CLIS = (
     "histosynth.evaluate.cli",      # evaluate
     "histosynth.experiments.cli",   # ablate, demo
     "histosynth.convert.cli",       # convert-pathldm
+    "histosynth.serve.cli",         # serve
 )
 
 

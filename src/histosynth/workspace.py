@@ -24,9 +24,9 @@ import yaml
 from .config import CONFIG_FILE, HistoSynthConfig, load_config, to_yaml
 from .console import HistosynthError
 from .fileio import read_json, write_json, write_text
+from .status import STATUS_FILE
 
 SPLIT_NAME = "split.json"
-STATUS_FILE = "status.json"   # per-stage status records (histosynth.status.WorkLog)
 SPLITS = ("train", "test")
 
 
