@@ -255,3 +255,16 @@ def test_from_summaries_takes_the_workspace_option_and_the_recorded_budget_only(
     current = make_run(ws, name="current")
     with pytest.raises(ConfigError, match="--budget 50: the run was trained at budget 35"):
         sample_run(current, None, n=1, from_summaries=True, budget=50)
+
+
+def test_preset_replaces_only_the_sampling_defaults_of_a_run(run):
+    from histosynth.config import preset_dict
+    from histosynth.sample.generate import resolve_config
+
+    folder = RunFolder(run)
+    recorded = folder.read_config()
+    cfg = resolve_config(folder, "pathldm", None, ["sample.eta=0.5"])
+    pathldm = preset_dict("pathldm").get("sample", {})
+    assert cfg.sample.steps == pathldm.get("steps", 50) != recorded.sample.steps and cfg.sample.eta == 0.5
+    assert (cfg.unet, cfg.text, cfg.vae, cfg.diffusion) == (recorded.unet, recorded.text, recorded.vae, recorded.diffusion)
+    assert resolve_config(folder, None, None, []) == recorded

@@ -19,6 +19,7 @@ from ..console import HistosynthError, info, track
 from ..fileio import read_json, write_text
 from ..imageio import contact_sheet, load_rgb, png_metadata, save_png
 from ..manifest import recording
+from ..results import SampleResult
 from ..runfolder import Condition, RunFolder
 
 METADATA_NAME = "metadata.jsonl"
@@ -99,6 +100,7 @@ def sample_run(
         write_text(out / METADATA_NAME, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
         sheet = [load_rgb(out / r["file"]) for r in records[:SHEET_MAX]]
         save_png(out / SHEET_NAME, contact_sheet(sheet), {"synthetic": "true", "generator": f"histosynth {__version__}"})
+        SampleResult(run=str(run.path), n=len(records), source=source).save(out)
         manifest.results.update(n_images=len(records), generated=len(todo), source=source, **common,
                                 seed=s.seed, batch_size=s.batch_size, from_summaries=from_summaries,
                                 split=split if from_summaries else None)
@@ -126,8 +128,10 @@ def sample_settings(base: SampleConfig, **options) -> SampleConfig:
 
 def run_tile_size(run: RunFolder) -> int:
     """Edge in px of the images the run's U-Net makes in one window (from the models' configs)."""
-    unet = read_json(run.sampling_unet_dir() / "config.json")
-    vae = read_json(run.vae_dir / "config.json")
+    from diffusers.utils import CONFIG_NAME  # every diffusers model folder's config file
+
+    unet = read_json(run.sampling_unet_dir() / CONFIG_NAME)
+    vae = read_json(run.vae_dir / CONFIG_NAME)
     return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
 
 
@@ -152,8 +156,9 @@ def resolve_config(run: RunFolder, preset: str | None, file: str | Path | None, 
     return cfg
 
 
-def provenance(record: dict, run: RunFolder) -> dict[str, str]:
+def provenance(record: dict, run: RunFolder | str | Path) -> dict[str, str]:
     """PNG text chunks: marks the image as synthetic so it is never mistaken for a real patch."""
+    run = run if isinstance(run, RunFolder) else RunFolder(run)
     meta = {"synthetic": "true", "generator": f"histosynth {__version__}", "run": run.name}
     for key in ("checkpoint_hash", "prompt", "seed", "sampler", "steps", "guidance", "eta", "tile_id", "case_id",
                 "height", "width"):

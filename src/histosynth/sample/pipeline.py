@@ -34,7 +34,7 @@ from diffusers.utils import BaseOutput
 from histosynth.config import SampleConfig
 from histosynth.fileio import hash_input
 from histosynth.imageio import to_uint8
-from histosynth.runfolder import Condition, RunFolder
+from histosynth.runfolder import EMA_COMPONENT, Condition, RunFolder
 from histosynth.sample.components import HistoSynthTextEncoder
 from histosynth.schedules import denoise, sampling_scheduler, window_starts
 
@@ -50,7 +50,7 @@ class HistoSynthPipeline(DiffusionPipeline):
     """U-Net + VAE + scheduler + text encoder of one run; `__call__` turns prompts into images."""
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
-    _optional_components = ["unet_ema"]
+    _optional_components = [EMA_COMPONENT]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(self, unet, vae, scheduler, text_encoder: HistoSynthTextEncoder, unet_ema=None):
@@ -75,13 +75,12 @@ class HistoSynthPipeline(DiffusionPipeline):
 
         run = RunFolder(run_dir).require()
         unet_dir = run.sampling_unet_dir(use_ema)
-        parts = {"unet": UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype), "unet_ema": None}
+        parts = {"unet": UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype), EMA_COMPONENT: None}
         if "text_encoder" not in run.read_model_index():  # runs written before the text encoder was a component
             parts["text_encoder"] = HistoSynthTextEncoder.from_run(run)
         base = DDPMScheduler.load_config(run.scheduler_dir)
         parts["scheduler"] = sampling_scheduler(base, sampler or run.read_config().sample.sampler)
-        pipe = super().from_pretrained(str(run.path), dtype=dtype, **parts, **kwargs)
-        pipe._checkpoint_hash = hash_input(unet_dir)
+        pipe = super().from_pretrained(str(run.path.resolve()), dtype=dtype, **parts, **kwargs)
         pipe.uses_ema = unet_dir == run.unet_ema_dir
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         return pipe.to(device)
@@ -138,11 +137,17 @@ class HistoSynthPipeline(DiffusionPipeline):
         return self.origin.source_checkpoint() if self.origin else None
 
     @property
+    def unet_dir(self) -> Path | None:
+        """The run folder's unet_ema/ or unet/ whose weights this pipeline samples with."""
+        if self.origin is None:
+            return None
+        return self.origin.unet_ema_dir if self.uses_ema else self.origin.unet_dir
+
+    @property
     def checkpoint_hash(self) -> str | None:
         """Identity of the U-Net weights used (hash of the run's unet_ema/ or unet/ folder)."""
-        if self._checkpoint_hash is None and self.origin is not None:
-            run = self.origin
-            self._checkpoint_hash = hash_input(run.unet_ema_dir if self.uses_ema else run.unet_dir)
+        if self._checkpoint_hash is None and self.unet_dir is not None:
+            self._checkpoint_hash = hash_input(self.unet_dir)
         return self._checkpoint_hash
 
     def to(self, *args, **kwargs) -> "HistoSynthPipeline":
