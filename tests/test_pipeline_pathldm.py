@@ -17,6 +17,7 @@ def test_diffusers_loads_a_converted_pathldm_run(converted, tmp_path):  # noqa: 
     pipe = diffusers_pipeline(converted["run"])
     assert pipe.condition.attend_padding and pipe.condition.context_length == 154
     assert type(pipe.vae).__name__ == "VQModel" and not pipe.uses_ema
+    assert pipe.source_checkpoint["file"] == "epoch=000003.ckpt"  # from model_index.json
     images = pipe(prompt=PROMPTS, seed=[5, 6], num_inference_steps=3, output_type="np").images
     for i, image in enumerate(images):
         np.testing.assert_array_equal(image, load_rgb(out / f"{i:05d}.png"))

@@ -53,7 +53,8 @@ class HistoSynthPipeline(DiffusionPipeline):
     _optional_components = [EMA_COMPONENT]
     _callback_tensor_inputs = ["latents"]
 
-    def __init__(self, unet, vae, scheduler, text_encoder: HistoSynthTextEncoder, unet_ema=None):
+    def __init__(self, unet, vae, scheduler, text_encoder: HistoSynthTextEncoder, unet_ema=None,
+                 source_checkpoint: dict | None = None):
         super().__init__()
         # The EMA weights are the ones to sample with; the raw U-Net is not kept beside them.
         self.uses_ema = unet_ema is not None
@@ -62,6 +63,8 @@ class HistoSynthPipeline(DiffusionPipeline):
         if type(scheduler) is DDPMScheduler:  # the run's training schedule: sample with its sampler
             scheduler = sampling_scheduler(scheduler.config, text_encoder.run_config.sample.sampler)
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, text_encoder=text_encoder, unet_ema=None)
+        # model_index.json's record of the checkpoint a converted run came from ({file, sha256, ...})
+        self.register_to_config(source_checkpoint=source_checkpoint)
         self._uncond = None                 # hidden states of "" (computed once per device)
         self._checkpoint_hash = None
 
@@ -134,7 +137,7 @@ class HistoSynthPipeline(DiffusionPipeline):
 
     @property
     def source_checkpoint(self) -> dict | None:
-        return self.origin.source_checkpoint() if self.origin else None
+        return self.config.source_checkpoint
 
     @property
     def unet_dir(self) -> Path | None:
