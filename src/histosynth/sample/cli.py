@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..options import ConfigOpt, SetOpt
 
 
 def sample(
@@ -18,8 +17,9 @@ def sample(
     preset: Optional[str] = typer.Option(
         None, "--preset", help="Take the sampling defaults (the sample section) from this preset instead of the "
                                "run's recorded config; the model, text condition and schedule are always the run's."),
-    config: Optional[Path] = ConfigOpt,
-    set_: list[str] = SetOpt,
+    config: Optional[Path] = typer.Option(
+        None, "--config", help="YAML file merged over the run's config (only its sample section may differ)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a sample field, e.g. --set sample.steps=20 (repeatable)."),
     prompts: Optional[Path] = typer.Option(None, "--prompts", help="Prompts, one per line (.txt) or {'prompt': ...} per line (.jsonl)."),
     from_summaries: bool = typer.Option(False, "--from-summaries", help="One prompt per sampled tile of --split: its report summary and scores."),
     split: str = typer.Option("test", "--split", help="Split whose reports condition the images (with --from-summaries)."),
