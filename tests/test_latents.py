@@ -43,14 +43,23 @@ def write_tiles(root, slide_path, n_tiles: int = 48, size: int = TILE) -> None:
     pd.DataFrame({
         "tile_id": np.arange(len(imgs), dtype=np.int64), "slide_id": "CMU-1", "case_id": case,
         "split": ["test" if c == CASES[-1] else "train" for c in case], "x": coords[:, 0], "y": coords[:, 1],
-        "size": size, "file": "tiles/slides/CMU-1.h5", "row": np.arange(len(imgs)),
+        "size": size, "mpp": 0.499, "file": "tiles/slides/CMU-1.h5", "row": np.arange(len(imgs)),
     }).to_parquet(root / "tiles" / "index.parquet", index=False)
 
 
 def write_embeddings(root, budget: int = 35, width: int = 384, context: int = 16, seed: int = 0) -> None:
-    """Per-case text embeddings in the embeddings contract (random vectors, padded masks)."""
+    """Per-case text embeddings in the embeddings contract (random vectors, padded masks), made
+    from the workspace's current tile index and summaries (so training takes them as current)."""
     import pandas as pd
     from safetensors.torch import save_file
+
+    from histosynth.slides.keys import index_keys
+    from histosynth.text.store import embedding_inputs
+
+    ws = Workspace(root)
+    ws.summaries_dir.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame({"case_id": list(CASES), "summary": [f"summary of {c}" for c in CASES]}
+                 ).to_parquet(ws.summaries_path(budget), index=False)
 
     folder = root / "embeddings" / f"budget-{budget}-minilm-L{context}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -65,13 +74,13 @@ def write_embeddings(root, budget: int = 35, width: int = 384, context: int = 16
     pd.DataFrame({"text_hash": hashes, "text": list(CASES), "n_tokens": 10, "shard": 0,
                   "row": range(len(CASES))}).to_parquet(folder / "texts.parquet", index=False)
     index = pd.read_parquet(root / "tiles" / "index.parquet")
-    pd.DataFrame({"tile_id": index["tile_id"], "case_id": index["case_id"], "split": index["split"],
-                  "text_hash": [hashes[CASES.index(c)] for c in index["case_id"]]}
+    pd.DataFrame({"tile_id": index["tile_id"], "tile_key": index_keys(index), "case_id": index["case_id"],
+                  "split": index["split"], "text_hash": [hashes[CASES.index(c)] for c in index["case_id"]]}
                  ).to_parquet(folder / "tiles.parquet", index=False)
     (folder / "info.json").write_text(json.dumps({
         "encoder": "minilm", "width": width, "context_length": context, "attend_padding": False,
         "template": "{summary}", "levels": ["low", "high"], "budget": budget, "tokenizer": "minilm",
-        "long_context": "chunked", "complete": True}))
+        "long_context": "chunked", "inputs": embedding_inputs(ws, budget), "complete": True}))
 
 
 TINY = ["vae.steps=15", "vae.batch_size=4", "vae.scale_tiles=32", "vae.eval_tiles=8", "vae.dihedral_check_tiles=4",
@@ -143,7 +152,7 @@ def test_encode_caches_latents_once_with_dihedral_error(tile_ws, monkeypatch):
     out = encode_mod.encode_workspace(tile_ws, cfg)
     store = LatentStore(out)
     assert store.latents.shape == (48, 4, 16, 16) and store.scaling_factor == 0.5
-    assert set(store.tile_ids("test")).isdisjoint(store.tile_ids("train"))
+    assert set(store.keys("test")).isdisjoint(store.keys("train"))
     err = store.info["dihedral"]
     assert err["mode"] == "latent-space" and 0 <= err["latent_rel_rmse"] < 2 and len(err["latent_rel_rmse_per_k"]) == 7
     # the latents are the encoder's: the cache equals a fresh encoding of the same tiles
@@ -152,7 +161,8 @@ def test_encode_caches_latents_once_with_dihedral_error(tile_ws, monkeypatch):
 
     with torch.no_grad():
         fresh = vae.encode(to_unit_range(TileStore(tile_ws).get([3, 5]))).latent_dist.mean
-    assert torch.allclose(store.for_tiles([3, 5]), fresh, atol=1e-5)
+    keys = store.index.set_index("tile_id").loc[[3, 5], "tile_key"].tolist()
+    assert torch.allclose(store.for_keys(keys), fresh, atol=1e-5)
     assert torch.equal(dihedral(dihedral(fresh, 1), 3), fresh) and torch.equal(dihedral(dihedral(fresh, 5), 5), fresh)
     # cached once: a second run encodes nothing
     monkeypatch.setattr(encode_mod, "encode", lambda *a, **k: pytest.fail("re-encoded a cached shard"))
@@ -178,13 +188,13 @@ def test_cached_dihedral_variants_are_exact_encodings_and_feed_training(tile_ws)
     tiles = to_unit_range(TileStore(tile_ws).get([3]))
     with torch.no_grad():
         want = torch.cat([vae.encode(dihedral(tiles, k)).latent_dist.mean for k in range(8)])
-    variants = store.all_variants([3])[0]
+    key3 = store.index.set_index("tile_id").loc[3, "tile_key"]
+    variants = store.all_variants([key3])[0]
     assert torch.allclose(variants, want, atol=1e-5)
     assert not torch.allclose(variants[1], dihedral(variants[0], 1), atol=1e-3)  # not the moved grid
     data = TrainData(tile_ws, cfg, budget=35)
     row = data.train_ids.index(3) if 3 in data.train_ids else 0
-    tile = data.train_ids[row]
-    assert torch.equal(data.variant(row, 5), store.all_variants([tile])[0, 5] * 0.5)
+    assert torch.equal(data.variant(row, 5), store.all_variants([data.train_keys[row]])[0, 5] * 0.5)
 
 
 def test_adopted_pretrained_vae_gets_the_data_scaling_factor(tile_ws, tmp_path):
@@ -197,3 +207,31 @@ def test_adopted_pretrained_vae_gets_the_data_scaling_factor(tile_ws, tmp_path):
     results = json.loads((tile_ws.vae_dir / "manifest.json").read_text())["results"]
     assert results["downsample_factor"] == 8 and results["final_loss"] is None  # adopted, not trained
     assert vae.config.scaling_factor == pytest.approx(results["scaling_factor"]) and vae.config.scaling_factor != 0.18215
+
+
+def test_train_re_encodes_when_the_vae_changed_after_encode(tile_ws, capsys):
+    """Latents of an older WS/vae/ are stale once train-vae wrote another: training re-encodes them."""
+    from histosynth.latents.encode import encode_workspace
+    from histosynth.latents.store import LatentsResult, vae_id
+    from histosynth.latents.vae import build_vae
+    from histosynth.train.data import TrainData
+
+    cfg = load_config("tiny-cpu", overrides=TINY)
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        vae = build_vae(cfg.vae, sample_size=TILE)
+        vae.register_to_config(scaling_factor=0.5)
+        vae.save_pretrained(tile_ws.vae_dir)
+        if seed == 0:
+            encode_workspace(tile_ws, cfg)
+    old = LatentsResult.read(tile_ws).vae_id
+    capsys.readouterr()
+    data = TrainData(tile_ws, cfg, budget=35)
+    assert "changed since `histosynth encode`" in capsys.readouterr().err
+    assert data.latents_result.vae_id == vae_id(tile_ws.vae_dir) != old
+    with torch.no_grad():
+        from histosynth.imageio import to_unit_range
+        from histosynth.slides.store import TileStore
+
+        fresh = vae.encode(to_unit_range(TileStore(tile_ws).get(data.train_ids[:4]))).latent_dist.mean
+    assert torch.allclose(data.latents[:4], fresh * 0.5, atol=1e-5)

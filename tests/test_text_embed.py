@@ -53,7 +53,7 @@ def write_workspace(root, cases=SUMMARIES, tiles_per_case=4, scores=True, budget
     for c, case in enumerate(sorted({*cases, "TCGA-A1-0001"})):
         for t in range(tiles_per_case):
             row = {"tile_id": 100 * c + t, "slide_id": f"{case}-01Z-00-DX1", "case_id": case,
-                   "split": "test" if c == 2 else "train"}
+                   "split": "test" if c == 2 else "train", "x": 64 * t, "y": 0, "size": 64, "mpp": 0.5}
             if scores:
                 row.update(prob_tumor=[0.0, 0.5, 1.0, 0.9][t], prob_til=[0.1, 0.1, 0.7, 0.7][t])
             rows.append(row)
@@ -63,6 +63,15 @@ def write_workspace(root, cases=SUMMARIES, tiles_per_case=4, scores=True, budget
     summaries = pd.DataFrame({"case_id": list(cases), "budget": budget, "summary": list(cases.values())})
     summaries.to_parquet(ws.summaries_path(budget))
     return ws
+
+
+def keys_of(ws, tile_ids) -> list[str]:
+    """Tile keys (the join key of the embeddings) of these tile ids of the workspace's index."""
+    from histosynth.slides.keys import index_keys
+
+    index = pd.read_parquet(ws.tile_index_path)
+    key = dict(zip(index["tile_id"], index_keys(index)))
+    return [key[t] for t in tile_ids]
 
 
 def pathldm_config(**text):
@@ -83,7 +92,8 @@ def test_embed_writes_the_contract_and_reads_back(tmp_path, tiny_clip):
     texts = pd.read_parquet(out / "texts.parquet")
     tiles = pd.read_parquet(out / "tiles.parquet")
     assert list(texts.columns) == ["text_hash", "text", "n_tokens", "shard", "row"]
-    assert list(tiles.columns) == ["tile_id", "case_id", "split", "text_hash"]
+    assert list(tiles.columns) == ["tile_id", "tile_key", "case_id", "split", "text_hash"]
+    assert tiles["tile_key"].iloc[0] == "TCGA-A1-0001-01Z-00-DX1:0:0:64:0.5"  # slide:x:y:size:mpp
     # 3 cases x 3 distinct (tumor, til) level pairs; tiles sharing a text share one row
     assert len(tiles) == 12 and len(texts) == 9 == len(set(counting.encoded) - {""})
     assert len(counting.encoded) == 9 + 1  # each unique text once, plus the empty text
@@ -98,7 +108,7 @@ def test_embed_writes_the_contract_and_reads_back(tmp_path, tiny_clip):
     assert len(emb.tile_hashes("test")) == 4
     text = condition_text(PATHLDM_TEMPLATE, SUMMARIES["TCGA-A1-0001"], {"tumor": 1.0, "til": 0.7}, ["low", "high"])
     assert text.startswith("high tumor; high til; ")
-    hidden, mask = emb.for_tiles([2, 3])  # tiles 2 and 3 of case 0001: both high/high
+    hidden, mask = emb.for_keys(keys_of(ws, [2, 3]))  # tiles 2 and 3 of case 0001: both high/high
     direct = tiny_clip.encode([text], 154)
     torch.testing.assert_close(hidden[0], direct.hidden[0])
     assert torch.equal(hidden[0], hidden[1]) and torch.equal(mask[0], direct.mask[0])
@@ -106,7 +116,7 @@ def test_embed_writes_the_contract_and_reads_back(tmp_path, tiny_clip):
     lookup_hidden, _ = emb.lookup([text_hash(text)])
     assert torch.equal(lookup_hidden[0], hidden[0])
     worker_copy = pickle.loads(pickle.dumps(emb))  # as a DataLoader worker receives it
-    assert torch.equal(worker_copy.for_tiles([2])[0][0], hidden[0])
+    assert torch.equal(worker_copy.for_keys(keys_of(ws, [2]))[0][0], hidden[0])
     u_hidden, u_mask = emb.uncond()
     assert u_hidden.shape == (1, 154, 32) and int(u_mask.sum()) == 2  # start + end only
     torch.testing.assert_close(u_hidden, tiny_clip.encode([""], 154).hidden)
@@ -146,7 +156,7 @@ def test_unfinished_run_is_refused_then_resumed(tmp_path, tiny_clip):
     resumed = CountingEncoder(tiny_clip)
     embed_workspace(ws, cfg, 35, encoder=resumed)
     assert len(resumed.encoded) == 4  # shard-1's texts only; shard-0 kept
-    assert len(EmbeddingSet(out).for_tiles(range(4))[0]) == 4
+    assert len(EmbeddingSet(out).for_keys(keys_of(ws, range(4)))[0]) == 4
 
 
 def test_minilm_computed_context_float16_and_padding_flag(tmp_path):
@@ -157,7 +167,7 @@ def test_minilm_computed_context_float16_and_padding_flag(tmp_path):
     assert EmbeddingSet.locate(ws, cfg, 35) == out
     emb = EmbeddingSet(out)
     assert (emb.width, emb.context_length, emb.attend_padding) == (384, 37, True)
-    hidden, mask = emb.for_tiles([0])
+    hidden, mask = emb.for_keys(keys_of(ws, [0]))
     direct = load_encoder("minilm").encode([SUMMARIES["TCGA-A1-0001"]], 37)
     torch.testing.assert_close(hidden, direct.hidden, rtol=1e-2, atol=2e-3)  # float16 on disk
     assert torch.equal(mask, direct.mask)

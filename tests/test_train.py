@@ -17,6 +17,7 @@ import torch
 
 from histosynth.config import load_config
 from histosynth.console import HistosynthError
+from histosynth.runfolder import RunFolder
 from histosynth.workspace import Workspace
 from test_latents import TILE, tiles_template  # noqa: F401  (session fixture: real tiles + embeddings)
 
@@ -82,7 +83,9 @@ def test_short_run_beats_predict_zero_and_loads_with_diffusers(ws):
     assert DDPMScheduler.from_pretrained(run / "scheduler").config.beta_schedule == "scaled_linear"
     index = json.loads((run / "model_index.json").read_text())
     assert set(index) >= {"unet", "unet_ema", "vae", "scheduler"}
-    assert json.loads((run / "text_encoder.json").read_text())["context_length"] == 16
+    condition = RunFolder(run).read_condition()
+    assert condition.context_length == 16 and condition.budget == 35 and condition.width == 384
+    assert condition.source_workspace == str(ws.root.resolve()) and condition.template == "{summary}"
     assert (run / "samples" / "validation" / "step-40.png").exists()
 
 
@@ -225,3 +228,155 @@ def test_init_from_loads_a_runs_unet_strictly(tmp_path):
     wider = build_unet(cfg, cross_attention_dim=16, latent_channels=4, sample_size=8)
     with pytest.raises(HistosynthError, match="does not match"):
         init_weights(wider, str(tmp_path / "run"))
+
+
+def test_kill_after_final_checkpoint_re_exports_it_and_a_finished_run_is_left_alone(ws, monkeypatch):
+    """Issue 13: a kill between the final checkpoint and the export left unet/ at an older step; the
+    rerun must export the final checkpoint (equal by hash), and a rerun of a finished run changes nothing."""
+    from histosynth.runfolder import weights_hash
+    from histosynth.train import trainer
+
+    cfg = config("train.steps=6", "train.checkpoint_every=3", "train.validation_images=0")
+    real_export = trainer.export_checkpoint
+
+    def killed_at_final_export(run, checkpoint):
+        if checkpoint.name.endswith("-6"):
+            raise KeyboardInterrupt  # kill -9 right after the final checkpoint was written
+        return real_export(run, checkpoint)
+
+    monkeypatch.setattr(trainer, "export_checkpoint", killed_at_final_export)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(ws, cfg, budget=35)
+    run = ws.run("budget-35")
+    final = run.checkpoint_dir(6)
+    assert (final / "state.json").exists() and run.finished() is None
+    assert weights_hash(run.unet_dir) != weights_hash(final / "unet")  # stale: still step 3's
+    monkeypatch.setattr(trainer, "export_checkpoint", real_export)
+
+    trainer.train(ws, cfg, budget=35)
+    for name, folder in (("unet", run.unet_dir), ("unet_ema", run.unet_ema_dir)):
+        assert weights_hash(folder) == weights_hash(final / name)
+        assert run.finished()["weights"][name] == weights_hash(folder)
+    res = results(run.path)
+    assert res["final_loss"] == pytest.approx(losses(run.path)[-1], rel=1e-6) and res["resumed_from"] == 6
+    assert res["step_time_s"] is None  # no step ran in this process: nothing made up
+    json.loads(run.manifest_path.read_text())  # valid JSON (no NaN)
+
+    before = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    trainer.train(ws, cfg, budget=35)
+    after = {p: p.read_bytes() for p in run.path.rglob("*") if p.is_file()}
+    assert after == before  # a finished run is recognised and left as it is
+    trainer.train(ws, config("train.steps=7", "train.checkpoint_every=3", "train.validation_images=0"), budget=35)
+    assert run.finished()["step"] == 7 and weights_hash(run.unet_dir) == weights_hash(run.checkpoint_dir(7) / "unet")
+
+
+def test_nan_guard_names_a_checkpoint_that_had_not_diverged(ws, monkeypatch):
+    """Checkpoint 4 follows exploding losses (50x the first): when the loss turns NaN the guard
+    names step 2, the last checkpoint with finite weights and finite, non-exploding losses."""
+    from histosynth.train import trainer
+    from histosynth.train.checkpoints import is_good
+
+    real_loss = trainer.diffusion_loss
+    calls = {"n": 0}
+
+    def explodes(*args):
+        calls["n"] += 1
+        scale = {3: 50.0, 4: 50.0, 5: float("nan")}.get(calls["n"], 1.0)
+        return real_loss(*args) * scale
+
+    monkeypatch.setattr(trainer, "diffusion_loss", explodes)
+    with pytest.raises(HistosynthError, match=r"loss is nan at step 5; stopped. Last good checkpoint: \S*step-2 "):
+        trainer.train(ws, config("train.steps=8", "train.checkpoint_every=2", "train.keep_checkpoints=1",
+                                 "train.validation_images=0"), budget=35)
+    run = ws.run("budget-35")
+    kept = sorted(p.name for p in run.checkpoints_dir.iterdir())
+    assert kept == ["step-2", "step-4"]  # keep=1, but the newest good checkpoint is never pruned
+    assert is_good(run.checkpoint_dir(2)) and not is_good(run.checkpoint_dir(4))
+
+
+def test_huge_learning_rate_stops_without_naming_a_diverged_checkpoint(ws):
+    from safetensors.torch import load_file
+
+    from histosynth.train.trainer import train
+
+    with pytest.raises(HistosynthError, match=r"stopped. Last good checkpoint: (\S+)") as err:
+        train(ws, config("train.lr=1e6", "train.steps=8", "train.checkpoint_every=1", "train.validation_images=0",
+                         "train.warmup_steps=0"), budget=35)
+    named = str(err.value).split("Last good checkpoint: ")[1].split(" ")[0]
+    if named != "none":
+        weights = load_file(Path(named) / "unet" / "diffusion_pytorch_model.safetensors")
+        assert all(torch.isfinite(t).all() and t.abs().max() < 1e3 for t in weights.values())
+
+
+def test_non_finite_numbers_are_refused_by_the_config_and_the_command_line(ws):
+    from histosynth.config import ConfigError
+
+    for item in ("train.lr=inf", "train.lr=.nan", "train.grad_clip=inf", "sample.guidance=nan", "vae.lr=-inf"):
+        with pytest.raises(ConfigError, match=rf"{item.split('=')[0]}: Input should be a finite number"):
+            load_config("tiny-cpu", overrides=[item])
+    proc = subprocess.run([sys.executable, "-m", "histosynth.cli", "train", "-w", str(ws.root), "--set", "train.lr=inf"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and not ws.runs_dir.exists()
+    assert proc.stderr.strip().splitlines() == ["error: config: train.lr: Input should be a finite number"]
+
+
+def test_run_files_and_folders_follow_the_umask(ws):
+    import stat
+
+    from histosynth.train.trainer import train
+
+    old = os.umask(0o022)
+    try:
+        run = ws.run("umask")
+        train(ws, config("train.steps=2", "train.checkpoint_every=2", "train.validation_images=0"), budget=35,
+              run_name="umask")
+    finally:
+        os.umask(old)
+    for path in [run.path, run.unet_dir, run.unet_ema_dir, run.vae_dir, run.scheduler_dir, run.checkpoint_dir(2),
+                 *run.path.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o755 if path.is_dir() else 0o644), (path, oct(mode))
+
+
+def test_encode_with_another_vae_then_train_uses_its_latents(ws, tmp_path):
+    """`encode --vae X` (= --set vae.pretrained=X) makes X's latents current; `train` trains on them."""
+    from typer.testing import CliRunner
+
+    from histosynth.cli import app
+    from histosynth.latents.store import LatentsResult, vae_id
+    from histosynth.latents.vae import build_vae
+    from histosynth.train.data import TrainData
+
+    cfg = config()
+    torch.manual_seed(7)
+    other = build_vae(cfg.vae, sample_size=TILE)
+    other.register_to_config(scaling_factor=0.25)
+    other.save_pretrained(tmp_path / "other-vae")
+    for option in (["--vae", str(tmp_path / "other-vae")], ["--set", f"vae.pretrained={tmp_path / 'other-vae'}"]):
+        result = CliRunner().invoke(app, ["encode", "-w", str(ws.root), "--set", "vae.dihedral_check_tiles=0",
+                                          "--set", "vae.cache_dihedral=false", *option])
+        assert result.exit_code == 0, result.output
+        current = LatentsResult.read(ws)
+        assert current.vae == str(tmp_path / "other-vae") and current.vae_id == vae_id(tmp_path / "other-vae")
+        data = TrainData(ws, config(), budget=35)
+        assert data.store.path == ws.latent_dir(vae_id(tmp_path / "other-vae")) and data.store.scaling_factor == 0.25
+    run = train_small(ws)
+    from diffusers import AutoencoderKL
+
+    assert AutoencoderKL.from_pretrained(run / "vae").config.scaling_factor == 0.25  # the run carries X
+
+
+def train_small(ws):
+    from histosynth.train.trainer import train
+
+    return train(ws, config("train.steps=1", "train.checkpoint_every=1", "train.validation_images=0"), budget=35)
+
+
+def test_a_second_train_of_the_same_run_is_refused_naming_the_first(ws):
+    from histosynth.locks import stage_lock
+    from histosynth.train.trainer import train
+
+    with stage_lock(ws.lock_path("train-budget-35"), "train"):  # as a running `histosynth train` holds it
+        with pytest.raises(HistosynthError, match=rf"another `histosynth train` \(PID {os.getpid()}\) is running"):
+            train(ws, config("train.steps=1"), budget=35)
+    assert not ws.run("budget-35").path.exists()

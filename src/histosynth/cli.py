@@ -60,6 +60,11 @@ for _module in STAGE_CLIS:
     importlib.import_module(_module).register(app)
 
 
+def _is_click_error(exc: Exception) -> bool:
+    """typer vendors click (`typer._click`): match its exceptions and plain click's alike."""
+    return any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "format_message")
+
+
 def main() -> None:
     # Two cores: never let torch, BLAS and loader workers oversubscribe them by default.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -82,10 +87,8 @@ def main() -> None:
         error("interrupted; finished outputs are kept, rerun to resume")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if _is_click_error(exc):  # usage errors name the option and what it expects ("--budget abc")
+            error(exc.format_message())
             sys.exit(exc.exit_code)
         if is_debug():
             raise

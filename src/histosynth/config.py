@@ -26,7 +26,9 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: one rule for every float field; `train.lr=inf` or `sample.guidance=nan`
+    # is refused in one line naming the field, never trained or sampled with.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class SplitConfig(Section):
@@ -163,7 +165,7 @@ class SampleConfig(Section):
 
 
 class EvaluateConfig(Section):
-    metrics: list[str] = ["fid", "kid", "pr", "stain", "memorization"]
+    metrics: list[str] = ["fid", "kid", "pr", "stain", "memorization", "fidelity", "descriptors", "c2st", "classes"]
     n: int | None = None                       # images per side; None: all
     inception_weights: str | None = None       # pt_inception-2015-12-05 file; else $HISTOSYNTH_INCEPTION
     batch_size: int = 32

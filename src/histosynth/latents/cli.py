@@ -9,7 +9,8 @@ import typer
 
 from ..options import ConfigOpt, PresetOpt, SetOpt, WorkspaceOpt, workspace_config
 
-VaeOpt = typer.Option(None, "--vae", help="Hub id or folder of a diffusers AutoencoderKL/VQModel.")
+VaeOpt = typer.Option(None, "--vae", help="Hub id or folder of a diffusers AutoencoderKL/VQModel "
+                                          "(the same as --set vae.pretrained=...).")
 
 
 def _overrides(set_: list[str], vae: Optional[str]) -> list[str]:
@@ -39,8 +40,8 @@ def register(app: typer.Typer) -> None:
         set_: list[str] = SetOpt,
         vae: Optional[str] = VaeOpt,
     ) -> None:
-        """Cache the VAE latents of every tile under WS/latents/<vae-id>/."""
+        """Cache the VAE latents of every tile under WS/latents/<vae-id>/; `train` then uses them."""
         from .encode import encode_workspace
 
-        ws, cfg = workspace_config(workspace, preset, config, list(set_))
-        typer.echo(encode_workspace(ws, cfg, vae=vae))
+        ws, cfg = workspace_config(workspace, preset, config, _overrides(set_, vae))
+        typer.echo(encode_workspace(ws, cfg))

@@ -178,7 +178,8 @@ def train_vae(ws, cfg) -> Path:
              f"{metrics['split']} tiles; scaling_factor {scaling:.4f}")
         with atomic_dir(ws.vae_dir) as tmp:  # manifest.json is written into it after this block
             vae.save_pretrained(tmp, safe_serialization=True)
-            write_json(tmp / "metrics.json", metrics | {"scaling_factor": scaling})
+            # `pretrained` records what was adopted, so later stages know WS/vae/ IS that model
+            write_json(tmp / "metrics.json", metrics | {"scaling_factor": scaling, "pretrained": vae_cfg.pretrained})
         manifest.results.update(
             metrics=metrics, scaling_factor=scaling, scale_tiles=len(scale_ids),
             downsample_factor=downsample_factor(vae), kind=vae_kind(vae),

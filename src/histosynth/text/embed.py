@@ -13,11 +13,13 @@ from pathlib import Path
 
 from ..console import HistosynthError, info, track, warn
 from ..fileio import atomic_path, hash_input, text_hash, write_json
+from ..locks import stage_lock
 from ..manifest import recording
 from ..workspace import Workspace
 from .condition import context_length_for, score_column, template_fields, tile_condition_text
 from .encoders import TextEncoder, load_encoder
-from .store import INFO_NAME, TEXTS_NAME, TILES_NAME, UNCOND_NAME, embeddings_dir, shard_name
+from ..slides.keys import index_keys
+from .store import INFO_NAME, TEXTS_NAME, TILES_NAME, UNCOND_NAME, embedding_inputs, embeddings_dir, shard_name
 
 IDENTITY_KEYS = ("encoder", "encoder_fingerprint", "context_length", "long_context", "store_dtype")
 
@@ -36,7 +38,7 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
     out = embeddings_dir(ws, budget, enc.name, length)
     texts = unique_texts(tiles, enc, length, budget)
 
-    with recording("embed", out, config=cfg) as manifest:
+    with stage_lock(ws.lock_path("embed"), "embed"), recording("embed", out, config=cfg) as manifest:
         manifest.add_input(index_path, "tiles/index.parquet")
         manifest.add_input(summaries_path, summaries_path.name)
         settings = {
@@ -73,8 +75,11 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
         texts["shard"] = [where[h][0] for h in texts["text_hash"]]
         texts["row"] = [where[h][1] for h in texts["text_hash"]]
         _write_parquet(texts[["text_hash", "text", "n_tokens", "shard", "row"]], out / TEXTS_NAME)
-        _write_parquet(tiles[["tile_id", "case_id", "split", "text_hash"]], out / TILES_NAME)
-        write_json(out / INFO_NAME, {**settings, "n_texts": len(texts), "n_tiles": len(tiles), "complete": True})
+        _write_parquet(tiles[["tile_id", "tile_key", "case_id", "split", "text_hash"]], out / TILES_NAME)
+        # `inputs` identifies the tile index and summaries these embeddings were made from: train
+        # re-embeds when they changed (a slide added, re-tiled or resummarized), never joins stale rows
+        write_json(out / INFO_NAME, {**settings, "n_texts": len(texts), "n_tiles": len(tiles),
+                                     "inputs": embedding_inputs(ws, budget), "complete": True})
         manifest.results.update(
             n_tiles=len(tiles), n_texts=len(texts), n_encoded=len(todo), n_cached=len(texts) - len(todo),
             context_length=length, width=enc.width, encode_seconds=round(seconds, 3),
@@ -85,7 +90,7 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
 
 
 def tile_texts(index_path: Path, summaries_path: Path, template: str, levels: list[str], missing_summary: str):
-    """tiles (tile_id, case_id, split, text, text_hash): each tile's condition text."""
+    """tiles (tile_id, tile_key, case_id, split, text, text_hash): each tile's condition text."""
     import pandas as pd
 
     tiles = pd.read_parquet(index_path)
@@ -113,7 +118,7 @@ def tile_texts(index_path: Path, summaries_path: Path, template: str, levels: li
             texts.append(tile_condition_text(row, template, summary_of.get(row.case_id, ""), levels))
         except HistosynthError as exc:
             raise HistosynthError(f"{index_path}: tile {row.tile_id}: {exc}") from None
-    tiles = tiles[["tile_id", "case_id", "split"]].copy()
+    tiles = tiles.assign(tile_key=index_keys(tiles))[["tile_id", "tile_key", "case_id", "split"]].copy()
     tiles["text"] = texts
     tiles["text_hash"] = [text_hash(t) for t in texts]
     return tiles

@@ -3,7 +3,7 @@
     WS/embeddings/budget-<N>-<encoder-slug>-L<ctx>/
       info.json              encoder, width, context_length, long_context, attend_padding, template, levels, ...
       texts.parquet          text_hash, text, n_tokens, shard, row
-      tiles.parquet          tile_id, case_id, split, text_hash
+      tiles.parquet          tile_id, tile_key, case_id, split, text_hash (joined by tile_key)
       shard-<k>.safetensors  hidden [n, L, D], mask [n, L], pooled [n, D]; metadata lists the rows' hashes
       uncond.safetensors     the empty text (classifier-free guidance), same tensors with n = 1
 
@@ -50,6 +50,16 @@ def embeddings_dir(ws, budget: int, encoder: str, context_length: int) -> Path:
     return ws.embedding_dir(budget, encoder_slug(encoder), context_length)
 
 
+def embedding_inputs(ws, budget: int) -> str:
+    """Identity of what a budget's embeddings are made from: the tile index and the summaries."""
+    from ..fileio import hash_input
+    from ..status import inputs_hash
+
+    index, summaries = ws.tile_index_path, ws.summaries_path(budget)
+    return inputs_hash(index=hash_input(index) if index.exists() else None,
+                       summaries=hash_input(summaries) if summaries.exists() else None)
+
+
 class EmbeddingSet:
     """Read side of an embeddings folder: lookups by text hash or tile id, memory-mapped shards."""
 
@@ -64,7 +74,7 @@ class EmbeddingSet:
         self._texts = None
         self._tiles = None
         self._where: dict[str, tuple[int, int]] | None = None
-        self._tile_hash: dict[int, str] | None = None
+        self._key_hash: dict[str, str] | None = None
         self._handles: dict[int, object] = {}
         self._pid = os.getpid()
 
@@ -121,14 +131,30 @@ class EmbeddingSet:
             mask.append(f.get_slice("mask")[row : row + 1])
         return torch.cat(hidden).float(), torch.cat(mask).long()
 
-    def for_tiles(self, tile_ids) -> tuple[torch.Tensor, torch.Tensor]:
-        """(hidden, mask) of each tile's condition text, in the order of `tile_ids`."""
-        if self._tile_hash is None:
-            self._tile_hash = dict(zip(self.tiles["tile_id"].astype(int), self.tiles["text_hash"]))
+    def is_current(self, ws, budget: int) -> bool:
+        """Made from the workspace's current tile index and summaries (see embedding_inputs)."""
+        return "tile_key" in self.tiles.columns and self.info.get("inputs") == embedding_inputs(ws, budget)
+
+    def missing(self, keys) -> list[str]:
+        """The tile keys that have no condition text here."""
+        self._keys()
+        return [k for k in keys if k not in self._key_hash]
+
+    def _keys(self) -> dict[str, str]:
+        if self._key_hash is None:
+            if "tile_key" not in self.tiles.columns:
+                raise HistosynthError(f"{self.path}: embeddings of an older histosynth (no tile keys); "
+                                      f"run `histosynth embed` again")
+            self._key_hash = dict(zip(self.tiles["tile_key"].astype(str), self.tiles["text_hash"]))
+        return self._key_hash
+
+    def for_keys(self, keys) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden, mask) of each tile's condition text, in the order of `keys` (tile keys)."""
+        where = self._keys()
         try:
-            hashes = [self._tile_hash[int(t)] for t in tile_ids]
+            hashes = [where[k] for k in keys]
         except KeyError as exc:
-            raise HistosynthError(f"{self.path}: tile {exc.args[0]} is not in {TILES_NAME}") from None
+            raise HistosynthError(f"{self.path}: tile {exc.args[0]} is not in {TILES_NAME}; run `histosynth embed`") from None
         return self.lookup(hashes)
 
     def uncond(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,18 +10,19 @@ one process at batch N*B.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
 import torch
 
-from ..console import HistosynthError
-from ..latents.encode import vae_source
-from ..latents.store import LatentStore
+from ..console import HistosynthError, info
+from ..latents.store import LatentsResult, LatentStore, vae_id
 from ..slides.dataset import dihedral
 from ..text.store import EmbeddingSet
 
 
 @dataclass
 class Batch:
-    tile_ids: list[int]
+    tile_ids: list  # tile ids of the current index (training batches) or tile keys (held-out)
     latents: torch.Tensor      # [b, C, h, w], scaled, dihedral applied
     noise: torch.Tensor        # [b, C, h, w]
     timesteps: torch.Tensor    # [b] int64
@@ -34,24 +35,42 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 
 
 class TrainData:
+    """The training set: the current tile index joined, by tile key, to current latents and
+    embeddings. A cache made before the index (or summaries) changed is rebuilt first, never used."""
+
     def __init__(self, ws, cfg, budget: int):
+        from ..slides.index import read_index
+        from ..slides.keys import index_keys
+
         self.cfg = cfg
-        self.emb = EmbeddingSet(ws.require(EmbeddingSet.locate(ws, cfg, budget), "embed"))
-        self.vae_source = vae_source(ws, cfg)
-        self.store = LatentStore.locate(ws, self.vae_source)
-        with_text = set(self.emb.tiles["tile_id"].astype(int).tolist())
-        self.train_ids = [t for t in self.store.tile_ids("train") if t in with_text]
-        self.heldout_ids = [t for t in self.store.tile_ids("test") if t in with_text]
-        if not self.train_ids:
-            raise HistosynthError(f"{self.store.path}: no training tiles with both latents and embeddings for budget {budget}")
-        self.latents = self.store.for_tiles(self.train_ids) * self.store.scaling_factor
-        variants = self.store.all_variants(self.train_ids)  # exact dihedral variants when cached
+        index = read_index(ws)
+        index = index.assign(tile_key=index_keys(index))
+        self.store, self.latents_result = current_latents(ws, cfg, index["tile_key"].tolist())
+        self.emb = current_embeddings(ws, cfg, budget, index["tile_key"].tolist())
+        self.vae_source = self.latents_result.vae
+        by_split = {s: index.loc[index["split"] == s] for s in ("train", "test")}
+        self.train_keys = by_split["train"]["tile_key"].tolist()
+        self.train_ids = by_split["train"]["tile_id"].astype(int).tolist()  # for logs only; joins use keys
+        self.heldout_keys = by_split["test"]["tile_key"].tolist()
+        if not self.train_keys:
+            raise HistosynthError(f"{ws.tile_index_path}: no training tiles")
+        self.latents = self.store.for_keys(self.train_keys) * self.store.scaling_factor
+        variants = self.store.all_variants(self.train_keys)  # exact dihedral variants when cached
         self.variants = None if variants is None else variants * self.store.scaling_factor
         hidden, mask = self.emb.uncond()
         self.uncond_hidden = hidden.reshape(1, self.emb.context_length, self.emb.width).float()
         self.uncond_mask = mask.reshape(1, self.emb.context_length).long()
         self.attend_padding = bool(self.emb.attend_padding)
         self._perm_epoch, self._perm = -1, None
+
+    def identity(self) -> dict:
+        """What the trained weights depend on, besides the config: which latents and which texts."""
+        from ..slides.keys import keys_hash
+
+        return {"vae_id": self.latents_result.vae_id, "train_tiles": keys_hash(self.train_keys),
+                "heldout_tiles": keys_hash(self.heldout_keys), "embeddings": self.emb.info.get("inputs"),
+                "encoder": self.emb.info.get("encoder_fingerprint", self.emb.info.get("encoder")),
+                "context_length": self.emb.context_length}
 
     @property
     def width(self) -> int:
@@ -88,7 +107,7 @@ class TrainData:
         rows, noise, timesteps, dropped, flips = rows[mine], noise[mine], timesteps[mine], dropped[mine], flips[mine]
         latents = torch.stack([self.variant(r, int(k)) for r, k in zip(rows, flips)])
         tile_ids = [self.train_ids[r] for r in rows]
-        hidden, mask = self.emb.for_tiles(tile_ids)
+        hidden, mask = self.emb.for_keys([self.train_keys[r] for r in rows])
         hidden, mask = hidden.float(), mask.long()
         hidden = torch.where(dropped[:, None, None], self.uncond_hidden, hidden)
         mask = torch.where(dropped[:, None], self.uncond_mask, mask)
@@ -100,11 +119,49 @@ class TrainData:
 
     def heldout(self, n: int, noise_scheduler, seed: int = 12345) -> Batch:
         """A fixed batch for held-out loss: test tiles (training tiles if there are none)."""
-        ids = (self.heldout_ids or self.train_ids)[:n]
+        keys = (self.heldout_keys or self.train_keys)[:n]
         gen = torch.Generator().manual_seed(seed)
-        latents = self.store.for_tiles(ids) * self.store.scaling_factor
+        latents = self.store.for_keys(keys) * self.store.scaling_factor
         noise = torch.randn(latents.shape, generator=gen)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(ids),), generator=gen)
-        hidden, mask = self.emb.for_tiles(ids)
-        return Batch(ids, latents, noise, timesteps, hidden.float(), None if self.attend_padding else mask.long())
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(keys),), generator=gen)
+        hidden, mask = self.emb.for_keys(keys)
+        return Batch(keys, latents, noise, timesteps, hidden.float(), None if self.attend_padding else mask.long())
 
+
+
+def current_latents(ws, cfg, keys: list[str]) -> tuple[LatentStore, LatentsResult]:
+    """The latents of the last `encode` (WS/latents/result.json), brought up to date first: a VAE
+    whose weights changed, or tiles the cache lacks, are (re-)encoded with a message."""
+    from ..latents.encode import encode_workspace
+
+    result = LatentsResult.read(ws)
+    if result is None:
+        raise HistosynthError(f"{ws.latents_result_path}: not found; run `histosynth encode` first")
+    reason = None
+    if Path(result.vae).exists() and vae_id(result.vae) != result.vae_id:
+        reason = f"the VAE {result.vae} changed since `histosynth encode`; re-encoding every tile"
+    else:
+        store = LatentStore(result.folder(ws))
+        missing = store.missing(keys)
+        if not missing:
+            return store, result
+        reason = (f"{len(missing)} of {len(keys)} tiles have no cached latents (tiles added or re-tiled since "
+                  f"`histosynth encode`, e.g. {missing[0]}); encoding them now")
+    info(f"{result.folder(ws)}: stale latent cache: {reason}")
+    encode_workspace(ws, cfg, vae=result.vae)
+    result = LatentsResult.read(ws)
+    return LatentStore(result.folder(ws)), result
+
+
+def current_embeddings(ws, cfg, budget: int, keys: list[str]) -> EmbeddingSet:
+    """The budget's embeddings, re-embedded first (with a message) when the tile index or the
+    summaries changed since `histosynth embed`."""
+    from ..text.embed import embed_workspace
+
+    path = ws.require(EmbeddingSet.locate(ws, cfg, budget), "embed")
+    emb = EmbeddingSet(path)
+    if emb.is_current(ws, budget) and not emb.missing(keys):
+        return emb
+    info(f"{path}: stale embeddings (made from another tile index or other summaries than the workspace's "
+         f"now: tiles added, re-tiled or resummarized since `histosynth embed`); re-embedding")
+    return EmbeddingSet(embed_workspace(ws, cfg, budget, encoder=emb.info.get("encoder")))
