@@ -77,9 +77,7 @@ def sample_run(
            + (f"-{size['height']}x{size['width']}" if large else ""))
     out = Path(out_dir) if out_dir else run.samples_path(tag)
 
-    from .pipeline import HistoSynthPipeline
-
-    pipe = HistoSynthPipeline.from_pretrained(run.path, sampler=s.sampler)
+    pipe = load_quietly(run, s.sampler)
     pipe.set_progress_bar_config(disable=True)  # one bar over the batches instead
     common = dict(sampler=s.sampler, steps=s.steps, guidance=s.guidance, eta=s.eta,
                   checkpoint_hash=pipe.checkpoint_hash, **(size if large else {}))
@@ -106,6 +104,21 @@ def sample_run(
                                 split=split if from_summaries else None)
     info(f"wrote {len(records)} images to {out}")
     return out
+
+
+def load_quietly(run: RunFolder, sampler: str):
+    """The run's pipeline without diffusers' component-loading bar (the command has its own)."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from .pipeline import HistoSynthPipeline
+
+    shown = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        return HistoSynthPipeline.from_pretrained(run.path, sampler=sampler)
+    finally:
+        if shown:
+            diffusers_logging.enable_progress_bar()
 
 
 def sample_settings(base: SampleConfig, **options) -> SampleConfig:
