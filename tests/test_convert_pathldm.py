@@ -439,6 +439,7 @@ def test_pickled_objects_need_trust(tmp_path):
     assert torch.equal(load_state_dict(ckpt, trust=True)["model.diffusion_model.out.2.bias"], torch.ones(3))
 
 
+@pytest.mark.unit
 def test_random_bytes_are_not_a_checkpoint(tmp_path):
     """Not a pickle with objects: --trust-checkpoint would not help, so it is not advised."""
     from histosynth.convert.checkpoint import load_state_dict

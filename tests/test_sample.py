@@ -99,6 +99,7 @@ def pipe(run) -> HistoSynthPipeline:
     return HistoSynthPipeline.from_pretrained(run, device="cpu")
 
 
+@pytest.mark.unit
 def test_pipeline_is_deterministic_per_seed(pipe):
     a = pipe(prompt=["high tumor; a", "low tumor; b", "high tumor; c"], seed=[5, 6, 7], output_type="np").images
     again = pipe(prompt=["high tumor; a", "low tumor; b", "high tumor; c"], seed=[5, 6, 7], output_type="np").images
@@ -257,6 +258,7 @@ def test_from_summaries_takes_the_workspace_option_and_the_recorded_budget_only(
         sample_run(current, None, n=1, from_summaries=True, budget=50)
 
 
+@pytest.mark.unit
 def test_preset_replaces_only_the_sampling_defaults_of_a_run(run):
     from histosynth.config import preset_dict
     from histosynth.sample.generate import resolve_config
@@ -268,3 +270,20 @@ def test_preset_replaces_only_the_sampling_defaults_of_a_run(run):
     assert cfg.sample.steps == pathldm.get("steps", 50) != recorded.sample.steps and cfg.sample.eta == 0.5
     assert (cfg.unet, cfg.text, cfg.vae, cfg.diffusion) == (recorded.unet, recorded.text, recorded.vae, recorded.diffusion)
     assert resolve_config(folder, None, None, []) == recorded
+
+
+@pytest.mark.unit
+def test_model_card_states_what_the_run_records_and_no_more(run, tmp_path):
+    import yaml
+
+    from histosynth.modelcard import write_model_card
+
+    folder = RunFolder(tmp_path / "card-run")
+    shutil.copytree(run, folder.path)
+    text = write_model_card(folder).read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["license"] == "other" and meta["histosynth"]["budget_tokens"] == 35
+    assert "licence: unknown" in text and "Not for diagnosis" in text
+    cc = [{"name": "Kather 2016 tiles", "license": "CC-BY-4.0", "attribution": "Kather et al. 2016, Zenodo 53169"}]
+    meta = yaml.safe_load(write_model_card(folder, data=cc).read_text().split("---")[1])
+    assert meta["license"] == "CC-BY-4.0" and meta["datasets"] == ["Kather 2016 tiles"]
