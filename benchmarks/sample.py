@@ -7,7 +7,7 @@ weights the KID is computed on a randomly initialised Inception and says so: suc
 compare the two samplers with each other.
 
     .venv/bin/python benchmarks/sample.py --run WS/runs/NAME [--real WS:test] [--batch 16] [--rounds 3]
-        [--cfg 1.5] [--threads 2] [--inception-weights pt_inception-2015-12-05-6726825d.pth]
+        [--guidance 1.5] [--threads 2] [--inception-weights pt_inception-2015-12-05-6726825d.pth]
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ SAMPLERS = (("ddim", 50), ("dpmpp", 20))
 
 def prompts_for(run: Path, n: int) -> list[str]:
     """Test-split condition texts when the run's workspace has them, else the template with no summary."""
-    from histosynth.fileio import read_json
-    from histosynth.sample.generate import summary_conditions
-    from histosynth.sample.pipeline import TextSettings
+    from histosynth.runfolder import RunFolder
+    from histosynth.sample.generate import run_budget, run_workspace, summary_conditions
 
-    settings = TextSettings.from_json(read_json(run / "text_encoder.json"))
+    folder = RunFolder(run)
     try:
-        return [c["prompt"] for c in summary_conditions(run, settings, n, "test", seed=0, budget=None)[0]]
+        condition = folder.read_condition()
+        ws = run_workspace(folder, condition, None)
+        return [c["prompt"] for c in summary_conditions(ws, condition, n, "test", 0, run_budget(folder, condition, None))[0]]
     except Exception as exc:  # noqa: BLE001 - a benchmark still runs on a bare run folder
         print(f"(no test-split summaries: {exc}; using a fixed prompt)")
         return ["high tumor; high til; invasive ductal carcinoma"] * n
@@ -60,7 +61,7 @@ def main() -> None:
     parser.add_argument("--real", default=None, help="real set for KID (default: the run's WS:test)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--cfg", type=float, default=1.5)
+    parser.add_argument("--guidance", type=float, default=1.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--inception-weights", default=os.environ.get("HISTOSYNTH_INCEPTION"))
     args = parser.parse_args()
@@ -72,6 +73,7 @@ def main() -> None:
     from histosynth.evaluate.sources import ImageSet, parse_source
     from histosynth.evaluate.stats import compute_stats
     from histosynth.imageio import save_png
+    from histosynth.runfolder import RunFolder
     from histosynth.sample.pipeline import HistoSynthPipeline
 
     torch.set_num_threads(args.threads)
@@ -84,18 +86,18 @@ def main() -> None:
         seeds = list(range(r * args.batch, (r + 1) * args.batch))
         for name, steps in SAMPLERS:
             t0 = time.perf_counter()
-            out = pipes[name](prompt=batch, seed=seeds, num_inference_steps=steps, guidance_scale=args.cfg,
+            out = pipes[name](prompt=batch, seed=seeds, num_inference_steps=steps, guidance_scale=args.guidance,
                               output_type="np").images
             times[name].append(time.perf_counter() - t0)
             images[name].extend(out)
 
     rate = {name: args.batch / statistics.median(t) for name, t in times.items()}
-    print(f"run {args.run}, batch {args.batch}, guidance {args.cfg}, {args.rounds} rounds, {args.threads} threads")
+    print(f"run {args.run}, batch {args.batch}, guidance {args.guidance}, {args.rounds} rounds, {args.threads} threads")
     for name, steps in SAMPLERS:
         print(f"  {name:6s} {steps:3d} steps: {rate[name]:6.2f} images/s (median {statistics.median(times[name]):.2f} s/batch)")
     print(f"  DPM-Solver++ 20 / DDIM 50 speed ratio: {rate['dpmpp'] / rate['ddim']:.2f}x (target >= 2x)")
 
-    real = args.real or f"{args.run.parent.parent}:test"
+    real = args.real or f"{RunFolder(args.run).read_condition().source_workspace}:test"
     net, label = feature_net(args.inception_weights)
     real_set = ImageSet(parse_source(real), n=len(prompts))
     real_feats = compute_stats(real_set, {"inception"}, net, batch_size=16)["inception"]

@@ -17,12 +17,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from histosynth.console import HistosynthError
 from histosynth.fileio import read_json, sha256_file
+from histosynth.runfolder import RunFolder
 
 ATOL = 1e-5
 
@@ -327,12 +329,18 @@ def test_run_folder_contract(converted):
     from histosynth.config import load_config
 
     run, results = converted["run"], converted["results"]
-    for part in ("histosynth.yaml", "model_index.json", "unet/config.json", "vae/config.json",
-                 "scheduler/scheduler_config.json", "text_encoder.json", "text_encoder/config.json", "manifest.json"):
-        assert (run / part).exists(), part
-    assert read_json(run / "text_encoder.json") == {
-        "encoder": "text_encoder", "context_length": 154, "long_context": "chunked", "attend_padding": True,
-        "template": "{tumor} tumor; {til} til; {summary}", "levels": ["low", "high"], "budget": None}
+    folder = RunFolder(run)
+    for part in (folder.config_path, folder.model_index_path, folder.unet_dir / "config.json",
+                 folder.vae_dir / "config.json", folder.scheduler_dir / "scheduler_config.json", folder.condition_path,
+                 folder.text_encoder_dir / "config.json", folder.manifest_path, folder.model_card_path):
+        assert part.exists(), part
+    condition = folder.read_condition()
+    assert (condition.encoder, condition.context_length, condition.long_context, condition.attend_padding,
+            condition.template, condition.levels, condition.budget, condition.width) == (
+        "text_encoder", 154, "chunked", True, "{tumor} tumor; {til} til; {summary}", ("low", "high"), None, 64)
+    assert folder.read_model_index()["text_encoder"] == ["histosynth.sample.components", "HistoSynthTextEncoder"]
+    card = folder.model_card_path.read_text()
+    assert card.startswith("---\nlibrary_name: diffusers") and "PathLDM" in card and "epoch=000003.ckpt" in card
     cfg = load_config(file=run / "histosynth.yaml")
     assert cfg.unet.block_out_channels == [32, 64, 96, 160]
     assert cfg.unet.cross_attention_levels == [False, True, True, True]
@@ -394,7 +402,7 @@ def test_text_encoder_option_and_absent_weights(converted, tmp_path):
 
     results = convert_pathldm(converted["ckpt"], converted["yaml"], tmp_path / "given",
                               text_encoder=str(converted["run"] / "text_encoder"))
-    assert read_json(tmp_path / "given" / "text_encoder.json")["encoder"] == str(converted["run"] / "text_encoder")
+    assert RunFolder(tmp_path / "given").read_condition().encoder == str(converted["run"] / "text_encoder")
     assert not (tmp_path / "given" / "text_encoder").exists()
     assert results["ignored_keys"]["cond_stage_model (replaced by --text-encoder)"] == sum(
         k.startswith("cond_stage_model.") for k in converted["state"])
@@ -403,7 +411,7 @@ def test_text_encoder_option_and_absent_weights(converted, tmp_path):
     state = {k: v for k, v in converted["state"].items() if not k.startswith("cond_stage_model.")}
     torch.save({"state_dict": state | {"scale_factor": torch.tensor(0.5)}}, tmp_path / "no_text.ckpt")
     results = convert_pathldm(tmp_path / "no_text.ckpt", converted["yaml"], tmp_path / "yaml_named")
-    assert read_json(tmp_path / "yaml_named" / "text_encoder.json")["encoder"] == "vinid/plip"
+    assert RunFolder(tmp_path / "yaml_named").read_condition().encoder == "vinid/plip"
     assert "vinid/plip" in (tmp_path / "yaml_named" / "histosynth.yaml").read_text()
     assert read_json(tmp_path / "yaml_named" / "vae" / "config.json")["scaling_factor"] == 0.5
     assert results["ignored_keys"] == {"inception": 2, "schedule buffers": 3}
@@ -429,6 +437,21 @@ def test_pickled_objects_need_trust(tmp_path):
     with pytest.raises(HistosynthError, match="--trust-checkpoint"):
         load_state_dict(ckpt)
     assert torch.equal(load_state_dict(ckpt, trust=True)["model.diffusion_model.out.2.bias"], torch.ones(3))
+
+
+@pytest.mark.unit
+def test_random_bytes_are_not_a_checkpoint(tmp_path):
+    """Not a pickle with objects: --trust-checkpoint would not help, so it is not advised."""
+    from histosynth.convert.checkpoint import load_state_dict
+
+    for name, head in (("random.ckpt", b""), ("proto.ckpt", b"\x80\x02")):
+        path = tmp_path / name
+        path.write_bytes(head + np.random.default_rng(0).bytes(4096))
+        with pytest.raises(HistosynthError, match="not a PyTorch checkpoint") as err:
+            load_state_dict(path)
+        assert "--trust-checkpoint" not in str(err.value)
+        with pytest.raises(HistosynthError, match="not a PyTorch checkpoint"):
+            load_state_dict(path, trust=True)
 
 
 def test_trusted_load_survives_missing_packages(tmp_path, monkeypatch):

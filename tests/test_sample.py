@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from histosynth.config import load_config, to_yaml
+from histosynth.config import ConfigError, load_config
+from histosynth.console import HistosynthError
 from histosynth.fileio import write_json
 from histosynth.imageio import load_rgb, png_metadata
+from histosynth.runfolder import Condition, RunFolder, pipeline_components
 from histosynth.sample.generate import sample_run
 from histosynth.sample.pipeline import HistoSynthPipeline
 
@@ -30,31 +35,43 @@ def tiny_unet(seed: int):
     )
 
 
-def make_run(ws: Path, name: str = "tiny", attend_padding: bool = False) -> Path:
-    """A run folder as `histosynth train` writes it, with random tiny components (not a trained model)."""
+def make_run(ws: Path, name: str = "tiny", attend_padding: bool = False, legacy: bool = False) -> Path:
+    """A run folder as `histosynth train` writes it, with random tiny components (not a trained model).
+
+    legacy: as histosynth 0.1 wrote it (text_encoder.json without budget or workspace, the budget
+    only in manifest.json, no text encoder in the model index)."""
+    import diffusers
     from diffusers import AutoencoderKL
 
     from histosynth.schedules import training_scheduler
     from histosynth.text.testing import save_random_clip
 
-    run = ws / "runs" / name
+    run = RunFolder(ws / "runs" / name)
     cfg = load_config(preset="tiny-cpu", overrides=["sample.steps=3", "sample.batch_size=2",
                                                     f"text.template={TEMPLATE}"])
-    run.mkdir(parents=True)
-    (run / "histosynth.yaml").write_text(to_yaml(cfg))
-    tiny_unet(0).save_pretrained(run / "unet")
-    tiny_unet(1).save_pretrained(run / "unet_ema")
+    run.path.mkdir(parents=True)
+    run.write_config(cfg)
+    tiny_unet(0).save_pretrained(run.unet_dir)
+    tiny_unet(1).save_pretrained(run.unet_ema_dir)
     torch.manual_seed(2)
     AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
                   up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
-                  sample_size=16, scaling_factor=0.5).save_pretrained(run / "vae")
-    training_scheduler(cfg.diffusion).save_pretrained(run / "scheduler")
-    save_random_clip(run / "text_encoder", hidden=WIDTH)
-    write_json(run / "text_encoder.json", {"encoder": "openai/clip-vit-base-patch32", "context_length": 24,
-                                           "long_context": "chunked", "attend_padding": attend_padding,
-                                           "template": TEMPLATE, "levels": ["low", "high"]})
-    write_json(run / "manifest.json", {"stage": "train", "results": {"budget": 35}})
-    return run
+                  sample_size=16, scaling_factor=0.5).save_pretrained(run.vae_dir)
+    training_scheduler(cfg.diffusion).save_pretrained(run.scheduler_dir)
+    save_random_clip(run.text_encoder_dir, hidden=WIDTH)
+    condition = Condition(encoder="openai/clip-vit-base-patch32", context_length=24, attend_padding=attend_padding,
+                          template=TEMPLATE, levels=("low", "high"), budget=35, width=WIDTH,
+                          source_workspace=str(ws))
+    components = pipeline_components("AutoencoderKL", ema=True)
+    if legacy:
+        record = {k: v for k, v in condition.to_dict().items() if k not in ("budget", "source_workspace", "extra")}
+        write_json(run.path / "text_encoder.json", record)
+        write_json(run.manifest_path, {"stage": "train", "results": {"budget": 35}})
+        components.pop("text_encoder")
+    else:
+        run.write_condition(condition)
+    run.write_model_index(components, diffusers.__version__)
+    return run.path
 
 
 def make_workspace_text(ws: Path) -> None:
@@ -82,6 +99,7 @@ def pipe(run) -> HistoSynthPipeline:
     return HistoSynthPipeline.from_pretrained(run, device="cpu")
 
 
+@pytest.mark.unit
 def test_pipeline_is_deterministic_per_seed(pipe):
     a = pipe(prompt=["high tumor; a", "low tumor; b", "high tumor; c"], seed=[5, 6, 7], output_type="np").images
     again = pipe(prompt=["high tumor; a", "low tumor; b", "high tumor; c"], seed=[5, 6, 7], output_type="np").images
@@ -98,11 +116,15 @@ def test_pipeline_is_deterministic_per_seed(pipe):
     assert np.abs(other_seed[0].astype(int) - alone[0].astype(int)).mean() > 1
 
 
+def raw_pipe(run):
+    return HistoSynthPipeline.from_pretrained(run, use_ema=False, device="cpu")
+
+
 def test_pipeline_uses_run_defaults_and_ema(pipe, run):
-    assert pipe.unet_dir.name == "unet_ema"
+    assert pipe.uses_ema and not raw_pipe(run).uses_ema
     assert pipe.defaults.steps == 3 and pipe.scheduler.__class__.__name__ == "DDIMScheduler"
-    raw = HistoSynthPipeline.from_pretrained(run, use_ema=False, device="cpu")
-    assert raw.unet_dir.name == "unet" and raw.checkpoint_hash != pipe.checkpoint_hash
+    raw = raw_pipe(run)
+    assert raw.checkpoint_hash != pipe.checkpoint_hash
     a = pipe(prompt="x", seed=0, output_type="np").images
     b = raw(prompt="x", seed=0, output_type="np").images
     assert not np.array_equal(a, b)
@@ -169,8 +191,99 @@ def test_cli_requires_one_prompt_source(run, tmp_path):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("high tumor; a\n\nlow tumor; b\n")
     result = CliRunner().invoke(app, ["sample", "--run", str(run), "--prompts", str(prompts), "--n", "2",
-                                      "--steps", "2", "--cfg", "1.0", "--out", str(tmp_path / "cli")])
+                                      "--steps", "2", "--guidance", "1.0", "--out", str(tmp_path / "cli")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "cli").glob("0*.png"))) == 2
     result = CliRunner().invoke(app, ["sample", "--run", str(run), "--n", "2"])
     assert result.exit_code != 0
+
+
+BAD_OPTIONS = [
+    (["--steps", "0"], "--steps 0"),
+    (["--steps", "-2"], "--steps -2"),
+    (["--guidance", "nan"], "--guidance nan"),
+    (["--guidance", "inf"], "--guidance inf"),
+    (["--guidance", "-1"], "--guidance -1"),
+    (["--eta", "-0.5"], "--eta -0.5"),
+    (["--batch", "0"], "--batch 0"),
+    (["--n", "0"], "--n 0"),
+    (["--sampler", "euler"], "--sampler euler"),
+    (["--height", "24"], "--height 24"),
+    (["--set", "sample.steps=0"], "sample.steps"),
+    (["--set", "unet.layers_per_block=3"], "unet"),
+    (["--cfg", "1.5"], "--guidance"),
+]
+
+
+@pytest.mark.parametrize("args,named", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_bad_options_exit_2_in_one_line_and_write_nothing(run, tmp_path, args, named):
+    exe = Path(sys.executable).with_name("histosynth")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("high tumor; a\n")
+    done = subprocess.run([str(exe), "sample", "--run", str(run), "--prompts", str(prompts), "--n", "1",
+                           "--out", str(tmp_path / "out"), *args], capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and named in lines[0] and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_copied_run_samples_the_same_images_without_its_workspace(tmp_path):
+    ws = tmp_path / "ws"
+    make_workspace_text(ws)
+    run = make_run(ws)
+    before = sample_run(run, ["high tumor; a", "low tumor; b"], n=3, seed=11, out_dir=tmp_path / "before")
+    moved = tmp_path / "elsewhere" / "my-run"
+    shutil.copytree(run, moved)
+    shutil.rmtree(ws)
+    after = sample_run(moved, ["high tumor; a", "low tumor; b"], n=3, seed=11, out_dir=tmp_path / "after")
+    for i in range(3):
+        np.testing.assert_array_equal(load_rgb(before / f"{i:05d}.png"), load_rgb(after / f"{i:05d}.png"))
+    with pytest.raises(HistosynthError, match="workspace not found"):  # its source workspace is gone
+        sample_run(moved, None, n=1, from_summaries=True, out_dir=tmp_path / "s")
+
+
+def test_from_summaries_takes_the_workspace_option_and_the_recorded_budget_only(tmp_path):
+    ws = tmp_path / "ws"
+    make_workspace_text(ws)
+    legacy = make_run(tmp_path / "elsewhere", legacy=True)   # 0.1 run: no budget, no workspace recorded
+    with pytest.raises(HistosynthError, match="no source workspace; pass --workspace"):
+        sample_run(legacy, None, n=1, from_summaries=True)
+    with pytest.raises(HistosynthError, match="records no summary budget; pass --budget"):
+        sample_run(legacy, None, n=1, from_summaries=True, workspace=ws)  # manifest.json's budget is not used
+    out = sample_run(legacy, None, n=2, from_summaries=True, workspace=ws, budget=35, out_dir=tmp_path / "s")
+    assert {json.loads(l)["case_id"] for l in (out / "metadata.jsonl").read_text().splitlines()} == {"B"}
+    current = make_run(ws, name="current")
+    with pytest.raises(ConfigError, match="--budget 50: the run was trained at budget 35"):
+        sample_run(current, None, n=1, from_summaries=True, budget=50)
+
+
+@pytest.mark.unit
+def test_preset_replaces_only_the_sampling_defaults_of_a_run(run):
+    from histosynth.config import preset_dict
+    from histosynth.sample.generate import resolve_config
+
+    folder = RunFolder(run)
+    recorded = folder.read_config()
+    cfg = resolve_config(folder, "pathldm", None, ["sample.eta=0.5"])
+    pathldm = preset_dict("pathldm").get("sample", {})
+    assert cfg.sample.steps == pathldm.get("steps", 50) != recorded.sample.steps and cfg.sample.eta == 0.5
+    assert (cfg.unet, cfg.text, cfg.vae, cfg.diffusion) == (recorded.unet, recorded.text, recorded.vae, recorded.diffusion)
+    assert resolve_config(folder, None, None, []) == recorded
+
+
+@pytest.mark.unit
+def test_model_card_states_what_the_run_records_and_no_more(run, tmp_path):
+    import yaml
+
+    from histosynth.modelcard import write_model_card
+
+    folder = RunFolder(tmp_path / "card-run")
+    shutil.copytree(run, folder.path)
+    text = write_model_card(folder).read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert meta["license"] == "other" and meta["histosynth"]["budget_tokens"] == 35
+    assert "licence: unknown" in text and "Not for diagnosis" in text
+    cc = [{"name": "Kather 2016 tiles", "license": "CC-BY-4.0", "attribution": "Kather et al. 2016, Zenodo 53169"}]
+    meta = yaml.safe_load(write_model_card(folder, data=cc).read_text().split("---")[1])
+    assert meta["license"] == "CC-BY-4.0" and meta["datasets"] == ["Kather 2016 tiles"]

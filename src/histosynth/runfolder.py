@@ -37,6 +37,20 @@ LEGACY_CONDITION_FILE = "text_encoder.json"   # runs of histosynth 0.1
 MANIFEST_FILE = "manifest.json"
 PIPELINE_CLASS = "HistoSynthPipeline"
 TRAIN_UNIT = "train"
+# diffusers loads the `text_encoder` component with this class's from_pretrained, which reads the
+# condition record and loads the encoder it names (histosynth.sample.components explains why).
+TEXT_ENCODER_COMPONENT = ("histosynth.sample.components", "HistoSynthTextEncoder")
+EMA_COMPONENT = "unet_ema"   # the EMA U-Net: a component of the model index and its folder
+
+
+def pipeline_components(vae_class: str, scheduler_class: str = "DDPMScheduler",
+                        ema: bool = False) -> dict[str, tuple[str, str]]:
+    """The `[library, class]` entries of a run's model_index.json (train and convert write the same)."""
+    components = {"unet": ("diffusers", "UNet2DConditionModel"), "vae": ("diffusers", vae_class),
+                  "scheduler": ("diffusers", scheduler_class), "text_encoder": TEXT_ENCODER_COMPONENT}
+    if ema:
+        components[EMA_COMPONENT] = ("diffusers", "UNet2DConditionModel")
+    return components
 
 
 @dataclass
@@ -117,7 +131,7 @@ class RunFolder:
 
     @property
     def unet_ema_dir(self) -> Path:
-        return self.path / "unet_ema"
+        return self.path / EMA_COMPONENT
 
     @property
     def vae_dir(self) -> Path:

@@ -52,6 +52,67 @@ def betas_of(diffusion) -> torch.Tensor:
     return training_scheduler(diffusion).betas
 
 
+Prediction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]   # (latents, t) -> model output
+
+
+def guided_prediction(unet: Callable, cond: torch.Tensor, uncond: torch.Tensor | None,
+                      cond_mask: torch.Tensor | None = None, uncond_mask: torch.Tensor | None = None,
+                      guidance: float = 1.5) -> Prediction:
+    """The classifier-free guided model output: eps = eps_u + g * (eps_c - eps_u)."""
+    guided = uncond is not None and guidance != 1.0
+    if guided:
+        context = torch.cat([uncond, cond])
+        mask = None
+        if cond_mask is not None or uncond_mask is not None:
+            ones = torch.ones(cond.shape[:2], device=cond.device, dtype=torch.long)
+            mask = torch.cat([uncond_mask if uncond_mask is not None else ones,
+                              cond_mask if cond_mask is not None else ones])
+    else:
+        context, mask = cond, cond_mask
+
+    def predict(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        model_in = torch.cat([latents, latents]) if guided else latents
+        out = unet(model_in, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
+        if guided:
+            out_u, out_c = out.chunk(2)
+            out = out_u + guidance * (out_c - out_u)
+        return out
+
+    return predict
+
+
+def window_starts(size: int, window: int, stride: int) -> list[int]:
+    """Window offsets along one axis: every `stride`, the last flush with the edge."""
+    starts = list(range(0, size - window + 1, stride))
+    if starts[-1] != size - window:
+        starts.append(size - window)
+    return starts
+
+
+def windowed(predict: Prediction, window: int, stride: int) -> Prediction:
+    """MultiDiffusion (Bar-Tal et al. 2023): the model sees one window at a time, and every latent
+    pixel gets the mean of the outputs of the windows covering it.
+
+    Averaging the model outputs and taking one scheduler step equals averaging the windows' own
+    steps (MultiDiffusion's closed form) for the DDIM and DPM-Solver++ updates, which are affine in
+    the model output with the same coefficients for every pixel; it also keeps multistep solvers'
+    history whole. With stride == window the windows do not overlap: independent tiles (the
+    negative control of the seam test). Memory of the model is that of one window.
+    """
+    def predict_windows(latents: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        height, width = latents.shape[-2:]
+        total = torch.zeros_like(latents)
+        count = torch.zeros((1, 1, height, width), device=latents.device, dtype=latents.dtype)
+        for y in window_starts(height, window, stride):
+            for x in window_starts(width, window, stride):
+                crop = (..., slice(y, y + window), slice(x, x + window))
+                total[crop] += predict(latents[crop], t)
+                count[crop] += 1
+        return total / count
+
+    return predict_windows
+
+
 @torch.no_grad()
 def denoise(
     unet: Callable,
@@ -66,29 +127,22 @@ def denoise(
     eta: float = 0.0,                       # DDIM only
     generator: torch.Generator | None = None,
     progress: Callable | None = None,       # wraps the timestep iterator (e.g. a progress bar)
+    window: int | None = None,              # latent px the U-Net sees at once (None: the whole latent)
+    stride: int | None = None,              # between windows; window // 2 by default
+    on_step_end: Callable | None = None,    # (step index, t, latents) -> latents, after every step
 ) -> torch.Tensor:
-    """Classifier-free guided reverse diffusion: eps = eps_u + g * (eps_c - eps_u)."""
+    """Classifier-free guided reverse diffusion, over the whole latent or overlapping windows."""
     scheduler.set_timesteps(steps, device=latents.device)
-    guided = uncond is not None and guidance != 1.0
-    if guided:
-        context = torch.cat([uncond, cond])
-        mask = None
-        if cond_mask is not None or uncond_mask is not None:
-            ones = torch.ones(cond.shape[:2], device=cond.device, dtype=torch.long)
-            mask = torch.cat([uncond_mask if uncond_mask is not None else ones,
-                              cond_mask if cond_mask is not None else ones])
-    else:
-        context, mask = cond, cond_mask
+    predict = guided_prediction(unet, cond, uncond, cond_mask, uncond_mask, guidance)
+    if window is not None and tuple(latents.shape[-2:]) != (window, window):
+        predict = windowed(predict, window, stride or max(1, window // 2))
     step_kwargs = {"eta": eta, "generator": generator} if "eta" in _step_params(scheduler) else {}
     timesteps = scheduler.timesteps
-    for t in (progress(timesteps) if progress else timesteps):
-        model_in = torch.cat([latents, latents]) if guided else latents
-        model_in = scheduler.scale_model_input(model_in, t)
-        out = unet(model_in, t, encoder_hidden_states=context, encoder_attention_mask=mask).sample
-        if guided:
-            out_u, out_c = out.chunk(2)
-            out = out_u + guidance * (out_c - out_u)
+    for i, t in enumerate(progress(timesteps) if progress else timesteps):
+        out = predict(scheduler.scale_model_input(latents, t), t)
         latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+        if on_step_end is not None:
+            latents = on_step_end(i, t, latents)
     return latents
 
 

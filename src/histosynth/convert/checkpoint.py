@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ..console import HistosynthError, info
 
+LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # pickled 0x1950a86a20f9469cfc6c
+WEIGHTS_ONLY_REFUSAL = "Weights only load failed"  # torch's message when a file needs the full unpickler
 TRUST_HINT = (
     "unpickling it runs code named in the file; rerun with --trust-checkpoint only if you trust its source"
 )
@@ -25,9 +27,13 @@ def load_state_dict(path: str | Path, trust: bool = False) -> dict:
     path = Path(path)
     if not path.is_file():
         raise HistosynthError(f"{path}: checkpoint not found")
+    if not _zip(path) and not _pickle(path):
+        raise HistosynthError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=_zip(path))
     except pickle.UnpicklingError as exc:
+        if WEIGHTS_ONLY_REFUSAL not in str(exc):  # a damaged file, not one with objects
+            raise HistosynthError(f"{path}: not a readable PyTorch checkpoint ({_first_line(exc)})") from None
         if not trust:
             raise HistosynthError(
                 f"{path}: holds Python objects besides tensors ({_first_line(exc)}); {TRUST_HINT}"
@@ -41,6 +47,12 @@ def load_state_dict(path: str | Path, trust: bool = False) -> dict:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise HistosynthError(f"{path}: no `state_dict` of tensors in this checkpoint")
     return state
+
+
+def _pickle(path: Path) -> bool:
+    """torch.save's legacy (pre-1.6) format: a pickle starting with torch's magic number."""
+    with open(path, "rb") as f:
+        return f.read(len(LEGACY_MAGIC)) == LEGACY_MAGIC
 
 
 def _zip(path: Path) -> bool:

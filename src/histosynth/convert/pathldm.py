@@ -18,8 +18,9 @@ import yaml
 
 from .. import config as hs_config
 from ..console import HistosynthError, info, warn
-from ..fileio import atomic_dir, sha256_file, write_json, write_text
+from ..fileio import atomic_dir, sha256_file
 from ..manifest import recording
+from ..runfolder import Condition, RunFolder, pipeline_components
 from .checkpoint import load_state_dict
 from .ldm_keys import is_vae_attention_projection, unet_key, vae_key
 
@@ -329,14 +330,15 @@ def convert_pathldm(
     """Write a histosynth run folder from a PathLDM checkpoint; returns what was converted and ignored."""
     ckpt, yaml_path, out = Path(ckpt), Path(yaml_path), Path(out).resolve()
     params = read_pathldm_yaml(yaml_path)
-    if out.exists() and any(p.name != "manifest.json" for p in out.iterdir()):
+    if out.exists() and any(p != RunFolder(out).manifest_path for p in out.iterdir()):
         raise HistosynthError(f"{out}: folder exists and is not empty; choose a new --out")
     if not ckpt.is_file():
         raise HistosynthError(f"{ckpt}: checkpoint not found")
     if text_encoder and Path(text_encoder).is_dir():
         text_encoder = str(Path(text_encoder).resolve())  # the run must find it from any working directory
-    encoder = text_encoder or "text_encoder"
-    cfg = histosynth_config(params, text_encoder or str(out / "text_encoder"), out / "vae")
+    layout = RunFolder(out)
+    encoder = text_encoder or layout.text_encoder_dir.name  # the run's own folder, relative to the run
+    cfg = histosynth_config(params, text_encoder or str(layout.text_encoder_dir), layout.vae_dir)
     with recording("convert-pathldm", out, config=cfg) as manifest:
         info(f"hashing {ckpt.name}")
         source = {"file": ckpt.name, "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size,
@@ -394,28 +396,24 @@ def convert_pathldm(
 
 
 def write_run(tmp: Path, cfg, unet, vae, clip, encoder: str, source: dict) -> None:
-    """The run layout of docs/architecture.md ('Run'), as `histosynth train` would leave it."""
+    """The run layout of histosynth.runfolder, as `histosynth train` leaves it, plus its model card."""
     import diffusers
 
+    from ..modelcard import write_model_card
     from ..schedules import training_scheduler
     from .clip_tokenizer import clip_tokenizer
 
-    write_text(tmp / "histosynth.yaml", hs_config.to_yaml(cfg))
-    unet.save_pretrained(tmp / "unet")
-    vae.save_pretrained(tmp / "vae")
-    training_scheduler(cfg.diffusion).save_pretrained(tmp / "scheduler")
+    run = RunFolder(tmp)
+    run.write_config(cfg)
+    unet.save_pretrained(run.unet_dir)
+    vae.save_pretrained(run.vae_dir)
+    training_scheduler(cfg.diffusion).save_pretrained(run.scheduler_dir)
     if clip is not None:
-        clip.save_pretrained(tmp / "text_encoder")
-        clip_tokenizer(model_max_length=clip.config.max_position_embeddings).save_pretrained(tmp / "text_encoder")
-    write_json(tmp / "text_encoder.json", {
-        "encoder": encoder, "context_length": cfg.text.context_length, "long_context": "chunked",
-        "attend_padding": True, "template": TEMPLATE, "levels": LEVELS, "budget": None,
-    })
-    write_json(tmp / "model_index.json", {
-        "_class_name": "HistoSynthPipeline",
-        "_diffusers_version": diffusers.__version__,
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "VQModel"],
-        "scheduler": ["diffusers", "DDPMScheduler"],
-        "source_checkpoint": source,
-    })
+        clip.save_pretrained(run.text_encoder_dir)
+        clip_tokenizer(model_max_length=clip.config.max_position_embeddings).save_pretrained(run.text_encoder_dir)
+    run.write_condition(Condition(
+        encoder=encoder, context_length=cfg.text.context_length, long_context="chunked", attend_padding=True,
+        template=TEMPLATE, levels=tuple(LEVELS), budget=None, width=unet.config.cross_attention_dim,
+    ))
+    run.write_model_index(pipeline_components("VQModel"), diffusers.__version__, source_checkpoint=source)
+    write_model_card(run)

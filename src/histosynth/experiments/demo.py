@@ -121,7 +121,7 @@ def run_demo(out: str | Path, slides: Sequence[str | Path] | None = None, report
     stage("train", lambda: train(ws, cfg, budget, run_name=RUN_NAME, resume=not stage.changed("train")))
     n_test = min(GRID_TILES, len(test_tile_ids(ws)))
     stage("sample", lambda: sample_run(run_dir, prompts=None, n=n_test, from_summaries=True, split="test",
-                                        seed=cfg.sample.seed, out_dir=samples_dir))
+                                        seed=cfg.sample.seed, out_dir=samples_dir, workspace=ws.root, budget=budget))
     prompts = demo_prompts(ws, budget)
     stage("sample-prompts", lambda: sample_run(run_dir, prompts=prompts, n=PROMPT_SAMPLES * len(prompts),
                                                 seed=cfg.sample.seed, out_dir=prompts_dir))

@@ -27,7 +27,7 @@ from ..latents.store import TILES_NAME
 from ..locks import stage_lock
 from ..latents.vae import decode, load_vae
 from ..manifest import recording
-from ..runfolder import Condition, RunFolder
+from ..runfolder import TEXT_ENCODER_COMPONENT, Condition, RunFolder
 from ..status import inputs_hash
 from ..workspace import Workspace
 from .checkpoints import (ema_unet, export_checkpoint, last_good_checkpoint, latest_checkpoint, load_checkpoint,
@@ -134,7 +134,8 @@ def write_run_skeleton(run: RunFolder, ws, cfg, budget: int, data: TrainData, va
     run.write_condition(condition_of(ws, cfg, budget, data))
     components = {run.unet_dir.name: ("diffusers", "UNet2DConditionModel"),
                   run.vae_dir.name: ("diffusers", type(vae).__name__),
-                  run.scheduler_dir.name: ("diffusers", type(noise_scheduler).__name__)}
+                  run.scheduler_dir.name: ("diffusers", type(noise_scheduler).__name__),
+                  run.text_encoder_dir.name: TEXT_ENCODER_COMPONENT}  # diffusers loads the text side through it
     if cfg.train.ema:
         components[run.unet_ema_dir.name] = ("diffusers", "UNet2DConditionModel")
     run.write_model_index(components, diffusers_version)
