@@ -323,7 +323,7 @@ def _run_sample(p: Pipeline):
         out = sample_run(run_dir, prompts=spec.prompts, n=spec.n, seed=seed, out_dir=p._sample_dir())
     else:
         out = sample_run(run_dir, prompts=None, n=spec.n, from_summaries=True, split=spec.split, seed=seed,
-                         out_dir=p._sample_dir())
+                         out_dir=p._sample_dir(), workspace=p.ws.root)
     return out, {}
 
 
