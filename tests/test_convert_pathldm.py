@@ -473,10 +473,30 @@ def test_cli_refuses_untrusted_pickle_in_one_line(converted, tmp_path):
     ckpt = tmp_path / "hparams.ckpt"
     torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(lr=1)}, ckpt)
     exe = Path(sys.executable).with_name("histosynth")
-    done = subprocess.run([str(exe), "convert-pathldm", str(ckpt), "--config", str(converted["yaml"]),
+    done = subprocess.run([str(exe), "convert-pathldm", str(ckpt), "--ldm-config", str(converted["yaml"]),
                            "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
     assert done.returncode == 1
     assert "--trust-checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cli_old_config_spelling_names_ldm_config(converted, tmp_path):
+    exe = Path(sys.executable).with_name("histosynth")
+    done = subprocess.run([str(exe), "convert-pathldm", str(converted["ckpt"]), "--config", str(converted["yaml"]),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "--ldm-config" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_changes_only_the_sampling_defaults(converted, tmp_path):
+    from histosynth.config import ConfigError
+    from histosynth.convert.pathldm import convert_pathldm
+    from histosynth.runfolder import RunFolder
+
+    convert_pathldm(converted["ckpt"], converted["yaml"], tmp_path / "run", overrides=["sample.steps=20"])
+    assert RunFolder(tmp_path / "run").read_config().sample.steps == 20
+    with pytest.raises(ConfigError, match="may change only sample"):
+        convert_pathldm(converted["ckpt"], converted["yaml"], tmp_path / "run2", overrides=["unet.layers_per_block=3"])
+    assert not (tmp_path / "run2").exists()
 
 
 @pytest.mark.slow

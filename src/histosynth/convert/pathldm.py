@@ -320,12 +320,33 @@ def count(model) -> int:
 
 # ---------------------------------------------------------------- the run folder
 
+def is_ldm_yaml(path: str | Path) -> bool:
+    """True for a latent-diffusion config (top-level `model:` with a `target`), not a histosynth one."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("model"), dict) and "target" in data["model"]
+
+
+def sampling_overrides(cfg, config_file, overrides) -> "hs_config.HistoSynthConfig":
+    """Apply --config/--set to a converted run's config; only its sampling defaults may change."""
+    new = hs_config.load_config(base=cfg.model_dump(mode="json"), file=config_file, overrides=list(overrides))
+    for section in type(cfg).model_fields:
+        if section != "sample" and getattr(new, section) != getattr(cfg, section):
+            raise hs_config.ConfigError(f"{section}: comes from the checkpoint and PathLDM's YAML; "
+                              f"--config/--set may change only sample.*")
+    return new
+
+
 def convert_pathldm(
     ckpt: str | Path,                      # PathLDM Lightning checkpoint (.ckpt)
     yaml_path: str | Path,                 # its latent-diffusion config
     out: str | Path,                       # run folder to create
     text_encoder: str | None = None,       # hub id or folder to use instead of the checkpoint's CLIP
     trust_checkpoint: bool = False,        # allow the full unpickler for files that need it
+    config_file: str | Path | None = None,  # histosynth YAML over the run's config (sample section only)
+    overrides: list[str] | tuple[str, ...] = (),  # `--set sample.x=v`, likewise
 ) -> dict[str, Any]:
     """Write a histosynth run folder from a PathLDM checkpoint; returns what was converted and ignored."""
     ckpt, yaml_path, out = Path(ckpt), Path(yaml_path), Path(out).resolve()
@@ -339,6 +360,8 @@ def convert_pathldm(
     layout = RunFolder(out)
     encoder = text_encoder or layout.text_encoder_dir.name  # the run's own folder, relative to the run
     cfg = histosynth_config(params, text_encoder or str(layout.text_encoder_dir), layout.vae_dir)
+    if config_file is not None or overrides:
+        cfg = sampling_overrides(cfg, config_file, overrides)
     with recording("convert-pathldm", out, config=cfg) as manifest:
         info(f"hashing {ckpt.name}")
         source = {"file": ckpt.name, "sha256": sha256_file(ckpt), "bytes": ckpt.stat().st_size,
