@@ -135,7 +135,7 @@ def test_no_import_cycles():
 ON_DISK_NAMES = (
     "histosynth.yaml", "split.json", "index.parquet", "reports.parquet", "links.json", "cache.sqlite",
     "model_index.json", "condition.json", "text_encoder.json", "unet_ema", "checkpoints", "thumbnails",
-    "eval-cache", "ablation", "loss.csv", "status.json",
+    "eval-cache", "ablation", "loss.csv", "status.json", "metadata.jsonl", "result.json",
 )
 # Names that happen to match but belong to another tool's layout.
 FOREIGN = {("checkpoints", "histosynth.evaluate.inception")}  # torch.hub's cache folder
@@ -151,10 +151,9 @@ def string_literals(path: Path) -> list[str]:
                 docstrings.add(id(body[0].value))
     out = []
     for node in ast.walk(tree):
+        # (ast.walk also reaches the literal parts of f-strings as Constant nodes)
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
             out.append(node.value)
-        elif isinstance(node, ast.JoinedStr):  # f-strings: their literal parts
-            out += [v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
     return out
 
 

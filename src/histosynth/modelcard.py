@@ -101,8 +101,7 @@ def training_data(run: RunFolder, source: dict | None, workspace: str | None) ->
     """What the run's records say about its data; licences the records do not hold stay unknown."""
     if source:
         return [PATHLDM]
-    manifest = read_json(run.manifest_path) if run.manifest_path.exists() else {}
-    tiles = manifest.get("results", {}).get("train_tiles")
+    tiles = train_result(run).get("train_tiles")
     return [{
         "name": f"histosynth workspace {workspace or '(not recorded)'}"
                 + (f", {tiles} training tiles" if tiles else ""),
@@ -111,12 +110,18 @@ def training_data(run: RunFolder, source: dict | None, workspace: str | None) ->
     }]
 
 
+def train_result(run: RunFolder) -> dict[str, Any]:
+    """The run's TrainResult (result.json) as a dict; {} for converted or unfinished runs."""
+    from .results import TrainResult
+
+    return TrainResult.load(run.path).model_dump() if TrainResult.exists(run.path) else {}
+
+
 def run_metrics(run: RunFolder) -> dict[str, Any]:
     """Held-out loss from training and the metrics of the latest evaluation inside the run, if any."""
     out: dict[str, Any] = {}
-    if run.manifest_path.exists():
-        results = read_json(run.manifest_path).get("results", {})
-        out.update({k: results[k] for k in ("heldout_loss", "heldout_zero_baseline", "steps") if k in results})
+    results = train_result(run)
+    out.update({k: results[k] for k in ("heldout_loss", "heldout_zero_baseline", "steps") if results.get(k) is not None})
     evals = sorted(run.samples_dir.glob("*/eval.json")) + sorted(run.samples_dir.glob("*-eval/eval.json"))
     if evals:
         scores = read_json(evals[-1]).get("metrics", {})

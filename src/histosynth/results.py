@@ -1,5 +1,7 @@
 """Typed stage results: what a stage hands to the stages after it, saved as `result.json`.
 
+(`encode`'s result, `latents.store.LatentsResult`, lives with its stage because only `train` reads it.)
+
 A manifest is the record of what ran (command, config, versions, timings) and stays free-form;
 a result is a contract: later stages read these models, never manifest fields. Each model is
 small and validated on load, so a missing or renamed field fails in one line naming the file.
@@ -50,17 +52,6 @@ class StageResult(BaseModel):
         return (Path(folder) / RESULT_FILE).exists()
 
 
-class LatentsResult(StageResult):
-    """`encode`: the latents `train` uses (the workspace's current first stage)."""
-
-    kind: str = "latents"
-    vae_source: str                  # folder or hub id of the VAE that encoded them
-    vae_id: str                      # latents/<vae_id>/
-    count: int                       # tiles encoded
-    tiles_hash: str                  # identity of the tile index they were encoded from
-    dihedral: bool = False
-
-
 class TrainResult(StageResult):
     """`train`: figures of a finished run (read by ablate, the demo and the model card)."""
 
@@ -76,6 +67,7 @@ class TrainResult(StageResult):
     memory_kind: str | None = None
     unet_parameters: int | None = None
     world_size: int = 1
+    train_tiles: int | None = None
 
 
 class SampleResult(StageResult):

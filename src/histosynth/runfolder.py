@@ -35,6 +35,7 @@ MODEL_INDEX = "model_index.json"
 CONDITION_FILE = "condition.json"
 LEGACY_CONDITION_FILE = "text_encoder.json"   # runs of histosynth 0.1
 MANIFEST_FILE = "manifest.json"
+SAMPLE_METADATA = "metadata.jsonl"   # one record per generated image, in samples/<tag>/
 PIPELINE_CLASS = "HistoSynthPipeline"
 TRAIN_UNIT = "train"
 # diffusers loads the `text_encoder` component with this class's from_pretrained, which reads the

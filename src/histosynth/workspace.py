@@ -145,7 +145,9 @@ class Workspace:
     @property
     def latents_result_path(self) -> Path:
         """Which latent cache is current: the typed result of the last `encode` (latents.store)."""
-        return self.latents_dir / "result.json"
+        from .results import RESULT_FILE
+
+        return self.latents_dir / RESULT_FILE
 
     # evaluation, experiments
     @property

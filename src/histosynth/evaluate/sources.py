@@ -13,6 +13,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..runfolder import SAMPLE_METADATA
 from ..console import HistosynthError
 from ..fileio import hash_input, read_json
 from ..imageio import list_images, load_rgb
@@ -69,7 +70,7 @@ class ImageSet:
         elif source.kind == "folder":
             files = folder_images(source.path)
             self.ids = [files[i] for i in _subset(len(files), n, seed)]
-            if self.ids and all("/" in i for i in self.ids) and not (source.path / "metadata.jsonl").exists():
+            if self.ids and all("/" in i for i in self.ids) and not (source.path / SAMPLE_METADATA).exists():
                 self.labels = [i.split("/")[0] for i in self.ids]   # class sub-folders name the class
         else:
             raise ValueError(f"{source}: statistics files hold no images")
@@ -135,7 +136,7 @@ def resize(image: np.ndarray, rule: tuple[int, int, str]) -> np.ndarray:
 
 def folder_images(folder: Path) -> list[str]:
     """A sample folder's images in metadata.jsonl order, else every image below the folder."""
-    metadata = folder / "metadata.jsonl"
+    metadata = folder / SAMPLE_METADATA
     if metadata.exists():
         return [json.loads(line)["file"] for line in metadata.read_text().splitlines() if line.strip()]
     return [str(p.relative_to(folder)) for p in list_images(folder) if p.name not in SAMPLE_EXTRAS]
@@ -151,7 +152,16 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 def sample_protocol(folder: Path) -> dict:
     """How a `histosynth sample` folder was made (its manifest), for eval.json; {} for other folders."""
-    manifest = folder / "manifest.json"
+    from ..results import SampleResult
+
+    if SampleResult.exists(folder):  # the typed record `sample` writes beside its images
+        result = SampleResult.load(folder).model_dump()
+        lines = (folder / SAMPLE_METADATA).read_text().splitlines() if (folder / SAMPLE_METADATA).exists() else []
+        first = json.loads(lines[0]) if lines else {}
+        return {"n_images": result["n"], "source": result["source"], "from_summaries": result["source"].get("kind") == "summaries",
+                "split": result["source"].get("split"),
+                **{k: first[k] for k in ("sampler", "steps", "guidance", "eta", "checkpoint_hash") if k in first}}
+    manifest = folder / "manifest.json"  # folders written by histosynth 0.1
     if not manifest.exists() or read_json(manifest).get("stage") != "sample":
         return {}
     results = read_json(manifest).get("results", {})

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runfolder import SAMPLE_METADATA
 from .c2st import c2st
 from .fidelity import LEVELS, class_fidelity, descriptor_distances, descriptor_fidelity, requested_bins
 from .sources import Source, center_crop
@@ -44,7 +45,7 @@ def descriptors_available() -> str | None:
 
 def read_requests(fake_src: Source, ids) -> list[dict]:
     """One metadata.jsonl record per generated image ({} where the folder has none)."""
-    path = Path(fake_src.path) / "metadata.jsonl"
+    path = Path(fake_src.path) / SAMPLE_METADATA
     if fake_src.kind != "folder" or not path.exists():
         return [{} for _ in ids]
     by_file = {}

@@ -19,10 +19,11 @@ from ..console import HistosynthError, info, track
 from ..fileio import read_json, write_text
 from ..imageio import contact_sheet, load_rgb, png_metadata, save_png
 from ..manifest import recording
+from ..runfolder import SAMPLE_METADATA
 from ..results import SampleResult
 from ..runfolder import Condition, RunFolder
 
-METADATA_NAME = "metadata.jsonl"
+METADATA_NAME = SAMPLE_METADATA
 SHEET_NAME = "contact_sheet.png"
 SHEET_MAX = 64   # images on the contact sheet
 # command-line option -> sample config field; each is validated by the config's own rules

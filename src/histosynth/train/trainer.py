@@ -26,6 +26,8 @@ from ..imageio import contact_sheet, save_png, to_uint8
 from ..latents.store import TILES_NAME
 from ..locks import stage_lock
 from ..latents.vae import decode, load_vae
+from ..modelcard import write_model_card
+from ..results import TrainResult
 from ..manifest import recording
 from ..runfolder import TEXT_ENCODER_COMPONENT, Condition, RunFolder
 from ..status import inputs_hash
@@ -309,7 +311,11 @@ def train_run(ws: Workspace, cfg, budget: int, run: RunFolder, resume: bool) -> 
             manifest.results.update(results)
     if main:
         writer.close()
-        run.mark_finished(inputs, tc.steps, weights)
+        TrainResult(budget=budget, world_size=world, train_tiles=len(data.train_keys),
+                    unet_parameters=count_parameters(raw_unet),
+                    **{k: v for k, v in results.items() if k in TrainResult.model_fields}).save(run.path)
+        write_model_card(run)
+        run.mark_finished(inputs, tc.steps, weights)  # last: the run's records are complete
         timing = f"{step_time:.3f} s/step" if step_time else "no steps run here"
         info(f"{run.name}: loss {loss:.4f}; held-out {results['heldout_loss']:.4f} vs predict-zero "
              f"{results['heldout_zero_baseline']:.4f}; {timing}; peak memory "
