@@ -166,3 +166,29 @@ def overview_png(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], png: st
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return Path(png)
+
+
+def condition_grid_png(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]], png: str | Path,
+                       per_side: int = 6, title: str | None = None) -> Path:
+    """One row per condition: real tiles of that condition (left) beside images generated from its
+    text (right), so a reader sees whether the text steers the images. rows: (label, real, fake)."""
+    from ..imageio import contact_sheet
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 1.9 * len(rows) + (0.5 if title else 0.2)), squeeze=False)
+    for r, (label, real, fake) in enumerate(rows):
+        for c, (images, side) in enumerate(((real, "real"), (fake, "generated"))):
+            ax = axes[r, c]
+            ax.axis("off")
+            shown = list(images)[:per_side]
+            if shown:
+                ax.imshow(contact_sheet(shown, columns=per_side), interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"{label}: {side}", fontsize=9, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)

@@ -1,0 +1,348 @@
+"""Quality on real H&E, on a CPU: does the tiny preset learn pathology, and does the text steer it?
+
+    python benchmarks/quality.py                 # both datasets (~45+ min of CPU), results/quality.json
+    python benchmarks/quality.py --quick         # toy sizes (a test runs it): the code path, not a result
+    python benchmarks/quality.py --datasets kather --train-minutes 10
+
+Two comparisons, each a normal histosynth workspace trained with the `tiny-cpu` preset:
+
+  cmu1    OpenSlide's CMU-1-Small-Region.svs (real H&E, CC0) tiled at 0.5 um/px, split by REGION
+          (tiles left of a vertical line train, right of it test; one slide is one case, so a case
+          split cannot hold anything out), conditioned on patch-descriptor words:
+          "{nuclei} nuclei density; {fat} fat; {stroma} stroma" (quantile bins of the training tiles).
+  kather  the Kather 2016 colorectal tiles (CC BY 4.0; 8 classes, class sub-folders), split by source
+          image, conditioned on the class text.
+
+Each: train a VAE, encode, embed, train the U-Net for a fixed wall-time budget (--train-minutes,
+resumed in chunks from its own checkpoints, so the result equals one run of the steps reached),
+then generate >= 200 images that request every condition equally often (the texts of real test
+tiles of that condition), and evaluate with histosynth's weight-free metrics and their controls:
+descriptor fidelity (Spearman of the requested nuclei bin vs the nuclei density measured on the
+generated image, 95 % CI; shuffled-prompt control), class fidelity (a classifier trained on real
+training tiles predicts the generated images' classes; balanced accuracy with CI; shuffled control;
+its held-out real accuracy is the ceiling), and C2ST AUROC (real test vs generated, real train vs
+real test beside it). Every stage's wall and CPU time is recorded apart; the machine's load average
+is recorded before and after. Results: one printed table, benchmarks/results/quality.json, and
+docs/images/quality-<dataset>.png (real vs generated per condition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "quality.json"
+IMAGES = ROOT / "docs" / "images"
+DESCRIPTOR_TEMPLATE = "{nuclei} nuclei density; {fat} fat; {stroma} stroma"
+TARGETS = {"cmu1": "nuclei-density fidelity Spearman CI lower bound >= 0.5, shuffled control's CI contains 0",
+           "kather": "class fidelity (balanced accuracy) CI lower bound > 0.125, shuffled control's CI contains 0.125"}
+
+
+@dataclass
+class Sizes:
+    """Everything that differs between the full run and --quick."""
+
+    vae_steps: int
+    train_minutes: float           # wall-time budget of U-Net training
+    max_train_steps: int           # cap (the quick run stops here)
+    chunk_steps: int               # checkpoint/resume granularity of the time budget
+    n_images: int                  # generated images per comparison (>= 200 in the full run)
+    sample_steps: int
+    guidance: float
+    max_tiles: int | None          # cap on tiles per dataset (quick)
+    eval_quick: bool               # fewer classifier epochs / bootstrap resamples
+    overrides: list[str] = field(default_factory=list)
+
+
+FULL = Sizes(vae_steps=400, train_minutes=20.0, max_train_steps=100_000, chunk_steps=200, n_images=240,
+             sample_steps=50, guidance=3.0, max_tiles=None, eval_quick=False)
+QUICK = Sizes(vae_steps=2, train_minutes=1.0, max_train_steps=4, chunk_steps=2, n_images=12, sample_steps=2,
+              guidance=3.0, max_tiles=48, eval_quick=True,
+              overrides=["vae.scale_tiles=16", "vae.eval_tiles=8", "vae.dihedral_check_tiles=0", "train.heldout_tiles=4"])
+
+
+@dataclass
+class Dataset:
+    name: str
+    title: str
+    kind: str                      # "descriptor" | "class"
+    overrides: list[str]
+    field: str | None = None       # descriptor template field
+
+
+DATASETS = {
+    "cmu1": Dataset("cmu1", "CMU-1 slide, descriptor text, region split", "descriptor",
+                    [f"text.template={DESCRIPTOR_TEMPLATE}", "text.missing_summary=empty"], field="nuclei"),
+    "kather": Dataset("kather", "Kather 2016 tiles, class text, split by source image", "class",
+                      ["slides.min_tissue=0.0", "split.test_fraction=0.3", "text.missing_summary=empty"]),
+}
+BASE_OVERRIDES = ["train.validation_images=0", "train.validate_every=0", "train.keep_checkpoints=1"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="toy sizes: the code path in about a minute, not a result")
+    p.add_argument("--datasets", default="cmu1,kather", help="comma-separated: cmu1, kather")
+    p.add_argument("--work", type=Path, default=None, help="workspaces and samples (default: a folder under /tmp; "
+                                                             "reruns resume finished stages)")
+    p.add_argument("--out", type=Path, default=None, help=f"results JSON (default {RESULTS.relative_to(ROOT)}; "
+                                                            "--quick: WORK/quality.json)")
+    p.add_argument("--images", type=Path, default=None, help="grid PNGs (default docs/images; --quick: WORK)")
+    p.add_argument("--train-minutes", type=float, default=None, help="U-Net training budget per dataset")
+    p.add_argument("--vae-steps", type=int, default=None)
+    p.add_argument("--n", type=int, default=None, help="generated images per comparison")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
+                   help="torch threads per dataset process")
+    p.add_argument("--parallel", action="store_true", help="one process per dataset, at the same time")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: run this dataset only
+    return p.parse_args(argv)
+
+
+def sizes_of(args) -> Sizes:
+    sizes = QUICK if args.quick else FULL
+    updates = {k: v for k, v in (("train_minutes", args.train_minutes), ("vae_steps", args.vae_steps),
+                                  ("n_images", args.n)) if v is not None}
+    return Sizes(**{**asdict(sizes), **updates})
+
+
+# ---- data -----------------------------------------------------------------------------------------
+def data_path(name: str) -> Path:
+    """The real data through the project's registry (its mirror variable), else ../shared/data."""
+    relative = {"cmu1": "slides/CMU-1-Small-Region.svs", "kather": "tiles"}[name]
+    try:
+        from histosynth import datasets  # the data registry (URL + sha256, local mirror by env var)
+
+        return Path(datasets.fetch({"cmu1": "cmu-1-small-region", "kather": "kather2016-tiles"}[name]))
+    except (ImportError, AttributeError):
+        path = ROOT.parent / "shared" / "data" / relative
+        if not path.exists():
+            raise SystemExit(f"quality: {path} not found (the real H&E data; see ../shared/data/README.md)")
+        return path
+
+
+def region_split(ws, test_share: float = 0.3) -> dict:
+    """Tiles whose left edge lies right of a grid line are test, the rest train: whole tiles on each
+    side, no pixel shared (overlap 0). The descriptor bins are then refitted on the new training tiles."""
+    import numpy as np
+
+    from histosynth.fileio import atomic_path
+    from histosynth.slides.index import add_levels, read_index
+
+    index = read_index(ws)
+    xs = np.sort(index["x"].unique())
+    line = xs[min(len(xs) - 1, int(np.searchsorted(np.cumsum(index["x"].value_counts().sort_index().to_numpy()),
+                                                    (1 - test_share) * len(index))) + 1)]
+    index["split"] = np.where(index["x"] >= line, "test", "train")
+    index = add_levels(ws, index.drop(columns=[c for c in index.columns if c.startswith("level_")]))
+    with atomic_path(ws.tile_index_path) as tmp:
+        index.to_parquet(tmp, index=False)
+    return {"rule": f"x >= {int(line)} (level-0 px) is test", "train": int((index["split"] == "train").sum()),
+            "test": int((index["split"] == "test").sum())}
+
+
+def subsample(ws, max_tiles: int, seed: int = 0) -> None:
+    """--quick: keep a few tiles of each split (the index only; pixels stay where they are)."""
+    from histosynth.fileio import atomic_path
+    from histosynth.slides.index import read_index
+
+    index = read_index(ws)
+    keep = index.groupby("split", group_keys=False).apply(lambda g: g.sample(min(len(g), max_tiles // 2),
+                                                                                random_state=seed))
+    with atomic_path(ws.tile_index_path) as tmp:
+        keep.sort_values("tile_id").to_parquet(tmp, index=False)
+
+
+# ---- one dataset ----------------------------------------------------------------------------------
+def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str) -> dict:
+    """Train in chunks until the wall-time budget (or the step cap) is reached; resumes from the run's
+    checkpoint, so the steps reached are exactly those of one uninterrupted run."""
+    from histosynth.train.trainer import train
+
+    spent, steps, chunks = 0.0, 0, []
+    manifest = ws.run_dir(run_name) / "manifest.json"
+    while steps < sizes.max_train_steps:
+        step_s = chunks[-1]["step_time_s"] if chunks else None
+        if step_s and spent + step_s * sizes.chunk_steps > sizes.train_minutes * 60:
+            break
+        target = min(sizes.max_train_steps, steps + sizes.chunk_steps)
+        chunk_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": target,
+                                                                                 "checkpoint_every": sizes.chunk_steps})})
+        t0 = time.perf_counter()
+        train(ws, chunk_cfg, budget, run_name=run_name, resume=True)
+        wall = time.perf_counter() - t0
+        results = json.loads(manifest.read_text())["results"]
+        spent += wall
+        chunks.append({"steps": target, "wall_s": round(wall, 1), "step_time_s": results["step_time_s"]})
+        steps = target
+    final = json.loads(manifest.read_text())["results"]
+    return {"steps": steps, "train_wall_s": round(spent, 1), "budget_minutes": sizes.train_minutes,
+            "median_step_s": final.get("step_time_s"), "heldout_loss": final.get("heldout_loss"),
+            "heldout_zero_baseline": final.get("heldout_zero_baseline"), "batch_size": cfg.train.batch_size,
+            "chunks": len(chunks)}
+
+
+def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
+    """All stages of one comparison; finished stages are skipped on a rerun (same choices)."""
+    import pandas as pd
+
+    from histosynth.experiments.demo import StageClock
+    from histosynth.experiments.quality import (balanced_prompts, class_condition, condition_grid,
+                                                descriptor_condition, generate, run_tile_texts)
+    from histosynth.latents.encode import encode_workspace
+    from histosynth.latents.vae import train_vae
+    from histosynth.slides.tiler import tile_slides
+    from histosynth.text.embed import embed_workspace
+    from histosynth.workspace import Workspace
+
+    from quality_eval import evaluate_conditioning  # benchmarks/quality_eval.py: the metric adapters
+
+    root = work / ds.name
+    ws = Workspace(root / "workspace")
+    settings = [*ds.overrides, *BASE_OVERRIDES, *sizes.overrides, f"vae.steps={sizes.vae_steps}",
+                f"sample.guidance={sizes.guidance}", f"sample.steps={sizes.sample_steps}"]
+    cfg = ws.ensure_config(preset="tiny-cpu", overrides=settings)
+    budget = cfg.summaries.budget
+    source = data_path(ds.name)
+    stage = StageClock(root / "stages", ["tiny-cpu", *settings, str(source), json.dumps(asdict(sizes))])
+    split = {}
+
+    def prepare():
+        tile_slides(ws, cfg, [source])
+        if sizes.max_tiles:
+            subsample(ws, sizes.max_tiles)
+        if ds.kind == "descriptor":
+            split.update(region_split(ws))
+        prepare_text(ws, cfg, budget)
+
+    stage("tile", prepare)
+    stage("embed", lambda: embed_workspace(ws, cfg, budget))
+    stage("train-vae", lambda: train_vae(ws, cfg))
+    stage("encode", lambda: encode_workspace(ws, cfg))
+    train_info = stage("train", lambda: train_for(ws, cfg, budget, sizes, "quality")) or _read(root, "train-info")
+    _write(root, "train-info", train_info)
+    run_dir = ws.run_dir("quality")
+
+    index = pd.read_parquet(ws.tile_index_path)
+    condition = descriptor_condition(ds.field) if ds.kind == "descriptor" else class_condition(index)
+    samples = root / "samples"
+    stage("sample", lambda: generate(run_dir, balanced_prompts(index, run_tile_texts(run_dir), condition,
+                                                              sizes.n_images), samples,
+                                     sampler=cfg.sample.sampler, steps=sizes.sample_steps, guidance=sizes.guidance))
+    metrics = stage("evaluate", lambda: evaluate_conditioning(ws, index, condition, samples, quick=sizes.eval_quick)) \
+        or _read(root, "metrics")
+    _write(root, "metrics", metrics)
+    grid_values = (["low", "high"] if ds.kind == "descriptor" else
+                   [v for v in condition.values if any(k in v.lower() for k in ("adipose", "tumor", "tumour", "lympho"))])
+    grid = condition_grid(ws, index, condition, samples, root / f"quality-{ds.name}.png", values=grid_values or None,
+                          title=f"{ds.title}: real test tiles vs generated from the condition text")
+    return {"dataset": ds.name, "title": ds.title, "source": str(source), "config_overrides": settings,
+            "tiles": {s: int((index["split"] == s).sum()) for s in ("train", "test")}, "split": split or None,
+            "condition": asdict(condition), "training": train_info, "stages": stage.records,
+            "images_generated": sizes.n_images, "sampler": f"{cfg.sample.sampler}-{sizes.sample_steps}",
+            "guidance": sizes.guidance, "metrics": metrics, "grid": str(grid), "target": TARGETS[ds.name]}
+
+
+def prepare_text(ws, cfg, budget: int) -> None:
+    """The condition texts need no report here (descriptor words, class text); see quality_eval."""
+    from quality_eval import prepare_text as prepare
+
+    prepare(ws, cfg, budget)
+
+
+def _write(root: Path, name: str, data) -> None:
+    from histosynth.fileio import write_json
+
+    write_json(root / f"{name}.json", data)
+
+
+def _read(root: Path, name: str):
+    path = root / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# ---- the whole benchmark --------------------------------------------------------------------------
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_children(names: list[str], args, work: Path) -> list[dict]:
+    """--parallel: one process per dataset (each with --threads torch threads)."""
+    procs = []
+    for name in names:
+        cmd = [sys.executable, __file__, "--one", name, "--work", str(work), "--threads", str(args.threads)]
+        cmd += ["--quick"] if args.quick else []
+        cmd += [f"--{k.replace('_', '-')}={v}" for k, v in (("train_minutes", args.train_minutes),
+                                                            ("vae_steps", args.vae_steps), ("n", args.n)) if v is not None]
+        procs.append((name, subprocess.Popen(cmd)))
+    failed = [name for name, p in procs if p.wait() != 0]
+    if failed:
+        raise SystemExit(f"quality: dataset(s) {', '.join(failed)} failed (see above)")
+    return [json.loads((work / name / "result.json").read_text()) for name in names]
+
+
+def one(name: str, sizes: Sizes, work: Path) -> dict:
+    result = run_dataset(DATASETS[name], sizes, work)
+    _write(work / name, "result", result)
+    return result
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sizes = sizes_of(args)
+    work = args.work or Path("/tmp") / f"histosynth-quality{'-quick' if args.quick else ''}"
+    if args.one:
+        one(args.one, sizes, work)
+        return {}
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
+    unknown = [n for n in names if n not in DATASETS]
+    if unknown:
+        raise SystemExit(f"quality: --datasets: unknown {', '.join(unknown)} (choose from {', '.join(DATASETS)})")
+    started, load_before = time.perf_counter(), load_average()
+    results = run_children(names, args, work) if args.parallel else [one(n, sizes, work) for n in names]
+    images = args.images or (work if args.quick else IMAGES)
+    for r in results:
+        dest = images / Path(r["grid"]).name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(Path(r["grid"]).read_bytes())
+        r["grid"] = str(dest.relative_to(ROOT)) if dest.is_relative_to(ROOT) else str(dest)
+    from quality_eval import table_rows
+
+    report = {"benchmark": "quality", "mode": "quick (toy sizes; NOT a result)" if args.quick else "full",
+              "preset": "tiny-cpu", "sizes": asdict(sizes), "threads_per_dataset": args.threads,
+              "parallel": args.parallel, "cpu_count": os.cpu_count(), "load_average_before": load_before,
+              "load_average_after": load_average(), "wall_s": round(time.perf_counter() - started, 1),
+              "datasets": results, "table": table_rows(results),
+              "command": " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])}
+    out = args.out or (work / "quality.json" if args.quick else RESULTS)
+    from histosynth.fileio import write_json
+
+    write_json(out, report)
+    print_table(report)
+    print(f"wrote {out}")
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"\nquality benchmark ({report['mode']}), preset tiny-cpu, load average {report['load_average_before']} "
+          f"-> {report['load_average_after']}, {report['wall_s']:.0f} s")
+    header = ("dataset", "metric", "generated [95% CI]", "control [95% CI]", "reference")
+    rows = [header] + [tuple(r[k] for k in ("dataset", "metric", "generated", "control", "reference"))
+                       for r in report["table"]]
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()
