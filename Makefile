@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # runs on the CPU). GPU users: see README, "GPU installs".
 CONSTRAINTS := requirements/constraints.txt
 
-.PHONY: install test demo clean
+.PHONY: install test test-fast demo clean
 
 install: $(STAMP)
 
@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The unit tier: at least one test per module, under a minute on 2 cores.
+test-fast: install
+	$(BIN)/python -m pytest -q -m unit
 
 demo: install
 	$(BIN)/histosynth demo --out demo-output

@@ -8,6 +8,10 @@ Slides: the real CMU-1-Small-Region.svs (single level, 0.499 um/px; well under a
 large pyramidal slide built here: about 20,000 x 20,000 px at 0.499 um/px, 4 levels, JPEG tiles
 (as in SVS files), made of mirrored copies of the real slide's tissue (about half glass).
 
+Descriptor throughput (slides/descriptors.py, computed when tiling unless slides.descriptors=false):
+`describe` on tiles of the real slide at each size, tiles/s on one core; the tiling rows above
+include it.
+
     .venv/bin/python benchmarks/tiling.py [--workdir DIR] [--size 256] [--skip-large]
 """
 
@@ -119,6 +123,27 @@ def compare(name: str, slide_path: Path, mpp: float, size: int, workdir: Path, m
     return row
 
 
+def descriptor_throughput(slide_path: Path, sizes=(64, 128, 256), n: int = 64) -> dict[int, float]:
+    """Tiles per second of descriptors.describe on `n` tiles of the real slide per tile size."""
+    import openslide
+
+    from histosynth.slides.descriptors import describe
+
+    slide = openslide.OpenSlide(str(slide_path))
+    region = np.asarray(slide.read_region((900, 1800), 0, (1024, 1024)).convert("RGB"))
+    out = {}
+    for size in sizes:
+        per_row = 1024 // size
+        tiles = np.stack([region[(i // per_row) * size % 1024:][:size, (i % per_row) * size:][:, :size]
+                          for i in range(n)])
+        describe(tiles[:2], 0.5)                                   # warm-up
+        t0 = time.perf_counter()
+        describe(tiles, 0.5)
+        out[size] = n / (time.perf_counter() - t0)
+        print(f"descriptors {size:>4} px tiles: {out[size]:7.1f} tiles/s (one core)", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "histosynth-bench-tiling")
@@ -138,6 +163,7 @@ def main() -> None:
         large = build_large_slide(args.workdir / "large-20k.tiff")
         print(f"large slide {large} ({large.stat().st_size / 1e6:.0f} MB) ready in {time.perf_counter() - t0:.0f} s")
         rows += [compare("large-20k-4-levels", large, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+    descriptor_throughput(REAL_SLIDE)
     print("ratios (histosynth / loop, tiles/s): "
           + ", ".join(f"{r['slide']} @ {r['mpp']}: {r['ratio']:.2f}x" for r in rows))
 

@@ -47,6 +47,7 @@ class SlidesConfig(Section):
     gzip_level: int = Field(1, ge=1, le=9)     # 1 fastest; H&E tiles shrink to ~0.65 at 1 and at 9 alike
     threads: int = Field(2, ge=1)              # reader threads within one slide (region reads, resizing)
     mpp_tolerance: float = Field(0.05, ge=0, lt=0.5)  # relative mpp mismatch read as is, without resizing
+    descriptors: bool = True                   # compute patch descriptors (slides/descriptors.py) when tiling
 
     @model_validator(mode="after")
     def _overlap_below_size(self):
@@ -97,7 +98,6 @@ class VAEConfig(Section):
     batch_size: int = 16
     lr: float = 2e-4
     kl_weight: float = 1e-6
-    perceptual_weight: float = 0.0             # LPIPS-style term, only when its weights are present
     seed: int = 0
     num_vq_embeddings: int = Field(8192, ge=2)  # codebook size of a VQModel (PathLDM: 8192)
     scale_tiles: int = Field(512, ge=1)        # training tiles whose latent std sets scaling_factor
@@ -141,8 +141,6 @@ class TrainConfig(Section):
     checkpoint_every: int = 100                # steps
     keep_checkpoints: int = 2
     validate_every: int = 0                    # steps between sample grids; 0: only at the end
-    log_every: int = 10
-    num_workers: int = 0                       # DataLoader processes
     seed: int = 0
     dihedral: bool = True                      # random flips/quarter turns, applied to the latents
     validation_images: int = Field(8, ge=0)    # images in each validation grid
@@ -225,12 +223,35 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     data = copy.deepcopy(data)
     for item in overrides:
         path, value = parse_override(item)
+        if ".".join(path) in REMOVED_FIELDS:
+            raise ConfigError(f"--set {item}: {'.'.join(path)} was removed ({REMOVED_FIELDS['.'.join(path)]})")
         node = data
         for part in path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item}: '{part}' is not a section")
         node[path[-1]] = value
+    return data
+
+
+# Fields of earlier releases: saved configs that still carry them load (the field is dropped with a
+# warning); setting one now is an error that says why it went.
+REMOVED_FIELDS = {
+    "train.log_every": "the loss is logged at every step",
+    "train.num_workers": "training reads cached latents; there are no loader workers",
+    "vae.perceptual_weight": "no perceptual-loss (LPIPS) weights can be had offline",
+}
+
+
+def drop_removed_fields(data: dict, source: str) -> dict:
+    from .console import warn
+
+    data = copy.deepcopy(data)
+    for dotted, why in REMOVED_FIELDS.items():
+        section, name = dotted.split(".")
+        if isinstance(data.get(section), dict) and name in data[section]:
+            del data[section][name]
+            warn(f"{source}: {dotted} was removed in histosynth 0.2 ({why}); ignored")
     return data
 
 
@@ -254,7 +275,7 @@ def load_config(
 ) -> HistoSynthConfig:
     """Resolve preset -> base (e.g. a workspace's saved config) -> YAML file -> `--set` overrides."""
     if base is not None and preset is None:
-        data = copy.deepcopy(base)
+        data = drop_removed_fields(base, "saved config")
     else:
         data = preset_dict(preset or DEFAULT_PRESET)
     if file is not None:
@@ -265,7 +286,7 @@ def load_config(
             raise ConfigError(f"{path}: cannot read config ({exc.__class__.__name__})") from None
         if not isinstance(extra, dict):
             raise ConfigError(f"{path}: a config file must be a mapping")
-        data = deep_merge(data, extra)
+        data = deep_merge(data, drop_removed_fields(extra, str(path)))
     data = apply_overrides(data, list(overrides))
     return validate(data, source=str(file) if file else "config")
 

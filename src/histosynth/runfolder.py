@@ -29,12 +29,11 @@ from typing import Any
 from .config import CONFIG_FILE, HistoSynthConfig, load_config, to_yaml
 from .console import HistosynthError
 from .fileio import read_json, write_json, write_text
-from .status import WorkLog
+from .status import STATUS_FILE, WorkLog
 
 MODEL_INDEX = "model_index.json"
 CONDITION_FILE = "condition.json"
 LEGACY_CONDITION_FILE = "text_encoder.json"   # runs of histosynth 0.1
-STATUS_FILE = "status.json"
 MANIFEST_FILE = "manifest.json"
 PIPELINE_CLASS = "HistoSynthPipeline"
 TRAIN_UNIT = "train"

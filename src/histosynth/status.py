@@ -27,6 +27,7 @@ from typing import Any, Literal
 from .console import HistosynthError
 from .fileio import write_json
 
+STATUS_FILE = "status.json"   # the usual name of a stage's status record
 State = Literal["running", "done", "failed"]
 STATES = ("running", "done", "failed")
 

@@ -24,9 +24,9 @@ import yaml
 from .config import CONFIG_FILE, HistoSynthConfig, load_config, to_yaml
 from .console import HistosynthError
 from .fileio import read_json, write_json, write_text
+from .status import STATUS_FILE
 
 SPLIT_NAME = "split.json"
-STATUS_FILE = "status.json"   # per-stage status records (histosynth.status.WorkLog)
 SPLITS = ("train", "test")
 
 
@@ -50,6 +50,11 @@ class Workspace:
     @property
     def tile_index_path(self) -> Path:
         return self.tiles_dir / "index.parquet"
+
+    @property
+    def descriptor_edges_path(self) -> Path:
+        """Quantile edges binning the patch descriptors into words, fitted on the training tiles."""
+        return self.tiles_dir / "descriptor_edges.json"
 
     @property
     def reports_dir(self) -> Path:

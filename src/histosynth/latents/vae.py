@@ -128,8 +128,6 @@ def kl_loss(posterior) -> torch.Tensor:
 
 def fit_autoencoder(vae, store, train_ids: list[int], vae_cfg) -> list[float]:
     """Reconstruction (L1) + kl_weight * KL, dihedral augmentation; returns the loss per step."""
-    if vae_cfg.perceptual_weight > 0:
-        raise ConfigError("vae.perceptual_weight: no perceptual-loss weights are installed here (LPIPS); set it to 0")
     gen = torch.Generator().manual_seed(vae_cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=vae_cfg.lr, weight_decay=0.0)
     ids = torch.tensor(train_ids)

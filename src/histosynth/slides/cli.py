@@ -1,4 +1,4 @@
-"""Commands of the slides stage: `tile` and `tile-merge`."""
+"""Commands of the slides stage: `tile`, `tile-merge` and `describe`."""
 
 from __future__ import annotations
 
@@ -80,6 +80,27 @@ def tile_merge(
         manifest.results.update(merge_workspaces(ws, cfg, list(parts or [])))
 
 
+def describe(
+    workspace: Path = WorkspaceOpt,
+    preset: Optional[str] = PresetOpt,
+    config: Optional[Path] = ConfigOpt,
+    overrides: List[str] = SetOpt,
+    force: bool = typer.Option(False, "--force", help="Recompute descriptors of slides that have them."),
+) -> None:
+    """Patch descriptors (nuclei, H/E, fat, stroma, tissue) for an existing workspace's tiles."""
+    from ..console import info
+    from ..manifest import recording
+    from ..options import workspace_config
+    from .describe import describe_workspace
+
+    ws, cfg = workspace_config(workspace, preset, config, overrides)
+    with recording("describe", ws.tiles_dir, config=cfg, filename="manifest-describe.json") as manifest:
+        summary = describe_workspace(ws, cfg, force=force)
+        manifest.results.update(summary)
+    info(f"{summary['described']} slides described ({summary['tiles_described']} tiles); "
+         f"{ws.tile_index_path}: {summary['total_tiles']} tiles")
+
+
 def _list(text: Optional[str]) -> Optional[str]:
     """'01,11' -> '[01, 11]' as a YAML list of strings for --set (so 01 stays '01', not 1)."""
     if text is None:
@@ -90,3 +111,4 @@ def _list(text: Optional[str]) -> Optional[str]:
 def register(app: typer.Typer) -> None:
     app.command("tile")(tile)
     app.command("tile-merge")(tile_merge)
+    app.command("describe")(describe)

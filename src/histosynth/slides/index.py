@@ -14,13 +14,15 @@ import numpy as np
 
 from ..config import HistoSynthConfig
 from ..console import HistosynthError, info, warn
-from ..fileio import atomic_path
+from ..fileio import atomic_path, write_json
 from ..workspace import Workspace
+from .descriptors import DESCRIPTORS, column
 from .scores import scores_dir
 from .tiler import slides_dir, thumbnails_dir
 
 COLUMNS = ("tile_id", "slide_id", "case_id", "sample_type", "slide_type", "x", "y", "mpp", "size",
-           "tissue", "file", "row", "split")
+           "tissue", "file", "row", "split", "mpp_source")
+DESC_COLUMNS = [column(name) for name in DESCRIPTORS]   # desc_<name>, docs/architecture.md
 
 
 def finished_slides(ws: Workspace) -> list[Path]:
@@ -34,6 +36,9 @@ def slide_frame(ws: Workspace, path: Path):
     with h5py.File(path, "r") as f:
         coords, attrs = f["coords"][:], dict(f["coords"].attrs)
         tissue = f["tissue"][:]
+        group = f.get("descriptors")
+        desc = {column(name): (group[name][:] if group is not None and name in group else np.nan)
+                for name in DESCRIPTORS}
     n = len(coords)
     frame = pd.DataFrame({
         "slide_id": path.stem,
@@ -47,6 +52,8 @@ def slide_frame(ws: Workspace, path: Path):
         "tissue": tissue.astype(np.float32),
         "file": str(path.relative_to(ws.root)),
         "row": np.arange(n, dtype=np.int64),
+        "mpp_source": str(attrs.get("mpp_source", "")),
+        **desc,
     })
     scores = scores_dir(ws) / f"{path.stem}.parquet"
     if scores.exists():
@@ -68,7 +75,32 @@ def build_index(ws: Workspace, cfg: HistoSynthConfig):
     split = ws.assign_split(index["case_id"].unique(), cfg.split.test_fraction, cfg.split.seed)
     index["split"] = index["case_id"].map(split)
     prob_cols = sorted(c for c in index.columns if c.startswith("prob_"))
-    return index[list(COLUMNS) + prob_cols]
+    index = index[list(COLUMNS) + prob_cols + DESC_COLUMNS]
+    return add_levels(ws, index)
+
+
+def add_levels(ws: Workspace, index):
+    """`level_<field>` columns: each descriptor binned into words (descriptors.LEVELS) by quantile
+    edges fitted on the training tiles, recorded in tiles/descriptor_edges.json so that every
+    stage (embed, sample, evaluate) bins the same way. Without descriptors: no level columns."""
+    from .descriptors import LEVELS, TEMPLATE_FIELDS, bin_words, column, fit_edges
+
+    described = index[DESC_COLUMNS].notna().any(axis=1)
+    if described.any() and not described.all():
+        warn(f"{ws.tile_index_path}: {int((~described).sum())} tiles have no descriptors "
+             "(tiled before they existed); run `histosynth describe -w WS`")
+    train = index[described & (index["split"] == "train")]
+    if train.empty:
+        return index
+    names = [n for n in TEMPLATE_FIELDS.values() if train[column(n)].notna().any()]
+    edges = fit_edges(train, names)
+    write_json(ws.descriptor_edges_path, {"levels": list(LEVELS), "fitted_on": "train split",
+                                          "n_tiles": int(len(train)), "edges": edges})
+    words = bin_words(index, edges, LEVELS)
+    for field, name in TEMPLATE_FIELDS.items():
+        if name in edges:
+            index[f"level_{field}"] = [w[name] if ok else None for w, ok in zip(words, described)]
+    return index
 
 
 def write_index(ws: Workspace, cfg: HistoSynthConfig):

@@ -31,11 +31,13 @@ from ..fileio import atomic_path
 from ..manifest import recording
 from ..workspace import Workspace
 from .reader import SlideMeta, best_level, find_slides, level0_mpp, open_slide, slide_meta
-from .tissue import tile_fractions, tissue_mask
+from .tissue import tile_fractions, tissue_fraction, tissue_mask
 
+TISSUE_RULE = 2               # version of the tissue rule (tissue.py); slides tiled by another are redone
 MASK_PX_PER_TILE = 16         # tissue-mask pixels along a tile edge (CLAM segments at ~64x downsample)
 MAX_MASK_DOWNSAMPLE = 64
 QA_THUMBNAIL_PX = 1024        # long side of the QA picture
+CANDIDATE_SHARE = 0.5         # read grid cells whose overview tissue is at least this share of min_tissue
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ class Grid:
     scale: float              # level-0 px per tile px (target mpp / level-0 mpp)
     size: int                 # tile edge at the target mpp
     coords: np.ndarray        # [N, 2] int64 level-0 top-left (x, y) of every grid cell
-    tissue: np.ndarray        # [N] float32 tissue fraction of every grid cell
+    tissue: np.ndarray        # [N] float32 overview tissue fraction of every grid cell (candidates)
 
     @property
     def extent0(self) -> float:
@@ -99,7 +101,7 @@ def plan_grid(slide, path: Path, cfg: SlidesConfig, overview, mpp0: float) -> Gr
                             Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
     rgb = np.asarray(thumb)
     fx, fy = width / rgb.shape[1], height / rgb.shape[0]
-    mask = tissue_mask(rgb, tile_px=extent0 / fx)
+    mask = tissue_mask(rgb, tile_px=extent0 / fx, mpp=mpp0 * fx)
     if not mask.any():
         raise HistosynthError(f"{path}: no tissue found (the slide looks blank)")
     boxes = np.concatenate([coords / [fx, fy], (coords + extent0) / [fx, fy]], axis=1)
@@ -120,8 +122,18 @@ def runs_of(coords: np.ndarray, step0: float) -> list[np.ndarray]:
     return runs
 
 
-def read_run(slide, grid: Grid, coords: np.ndarray, compress: int | None) -> list:
-    """Read one strip of neighbouring tiles; return their pixels (or zlib chunks if `compress`)."""
+@dataclass
+class ReadTile:
+    payload: object           # pixels, or a zlib chunk
+    tissue: float             # tissue fraction of its pixels (tissue.tissue_fraction)
+    descriptors: dict | None  # descriptors.describe_one, for kept tiles when asked
+
+
+def read_run(slide, grid: Grid, coords: np.ndarray, cfg: SlidesConfig, compress: int | None) -> list[ReadTile]:
+    """Read one strip of neighbouring tiles; measure each tile's tissue fraction on its pixels and,
+    for tiles that pass `min_tissue`, its descriptors; return them with the pixels (or zlib chunks)."""
+    from .descriptors import describe_one
+
     from PIL import Image
 
     d, extent0 = grid.downsample, grid.extent0
@@ -142,17 +154,20 @@ def read_run(slide, grid: Grid, coords: np.ndarray, compress: int | None) -> lis
         else:  # PIL scales its filter support with the reduction: antialiased
             box = (x_level, 0.0, x_level + extent0 / d, extent0 / d)
             tile = np.asarray(strip.resize((grid.size, grid.size), Image.Resampling.BILINEAR, box=box))
-        out.append(zlib.compress(tile.tobytes(), compress) if compress else tile)
+        fraction = float(tissue_fraction(tile, cfg.mpp)[0])
+        desc = describe_one(tile, cfg.mpp) if cfg.descriptors and fraction >= cfg.min_tissue else None
+        out.append(ReadTile(zlib.compress(tile.tobytes(), compress) if compress else tile, fraction, desc))
     return out
 
 
-def strips(slide, grid: Grid, coords: np.ndarray, step0: float, compress: int | None, threads: int):
+def strips(slide, grid: Grid, coords: np.ndarray, step0: float, cfg: SlidesConfig, compress: int | None):
     """Yield (first row, tiles) per strip, in order, with up to 2 x `threads` strips in flight."""
     runs = runs_of(coords, step0)
+    threads = cfg.threads
     with ThreadPoolExecutor(max_workers=threads) as pool:
         pending: deque = deque()
         for run in runs:
-            pending.append((run[0], pool.submit(read_run, slide, grid, coords[run], compress)))
+            pending.append((run[0], pool.submit(read_run, slide, grid, coords[run], cfg, compress)))
             if len(pending) >= 2 * threads:
                 first, future = pending.popleft()
                 yield first, future.result()
@@ -161,43 +176,73 @@ def strips(slide, grid: Grid, coords: np.ndarray, step0: float, compress: int | 
             yield first, future.result()
 
 
-def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, keep: np.ndarray, cfg: SlidesConfig,
-                mpp0: float, mpp_source: str, on_tiles=None) -> None:
-    """Write the slide's HDF5 (CLAM layout, docs/architecture.md) to a temp name, rename when complete.
-    `on_tiles(written, total)` reports progress within the slide."""
+def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, candidates: np.ndarray, cfg: SlidesConfig,
+                mpp0: float, mpp_source: str, on_tiles=None) -> np.ndarray:
+    """Read the candidate tiles, keep those whose own pixels hold `min_tissue` tissue, and write the
+    slide's HDF5 (CLAM layout, docs/architecture.md) to a temp name, renamed when complete. Returns
+    the grid indices of the kept tiles. `on_tiles(read, total)` reports progress within the slide."""
     import h5py
 
-    coords, tissue = grid.coords[keep], grid.tissue[keep]
+    from .descriptors import DESCRIPTORS
+
+    cand = np.flatnonzero(candidates)
+    coords = grid.coords[cand]
     step0 = (cfg.size - cfg.overlap) * grid.scale
     direct = cfg.compression in ("gzip", "none")   # chunks made in the reader threads
     compress = cfg.gzip_level if cfg.compression == "gzip" else None
     for stale in out.parent.glob(f".tmp-{out.stem}-*"):
         stale.unlink(missing_ok=True)               # left by a killed run of this slide
+    kept, tissue, rows = [], [], []
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        dset = f.create_dataset("coords", data=coords.astype(np.int64))
+        imgs = f.create_dataset(
+            "imgs", shape=(0, cfg.size, cfg.size, 3), maxshape=(None, cfg.size, cfg.size, 3), dtype=np.uint8,
+            chunks=(1, cfg.size, cfg.size, 3),
+            compression=None if cfg.compression == "none" else cfg.compression,
+            compression_opts=cfg.gzip_level if cfg.compression == "gzip" else None,
+        )
+        for first, tiles in strips(slide, grid, coords, step0, cfg, compress if direct else None):
+            for i, tile in enumerate(tiles, start=first):
+                if tile.tissue < cfg.min_tissue:
+                    continue
+                j = len(kept)
+                imgs.resize(j + 1, axis=0)
+                if direct:
+                    imgs.id.write_direct_chunk((j, 0, 0, 0), tile.payload if compress else tile.payload.tobytes())
+                else:
+                    imgs[j] = tile.payload
+                kept.append(cand[i])
+                tissue.append(tile.tissue)
+                rows.append(tile.descriptors)
+            if on_tiles is not None:
+                on_tiles(first + len(tiles), len(coords))
+        if not kept:
+            raise HistosynthError(f"{meta.path}: no tile has at least {cfg.min_tissue:.0%} tissue in its own "
+                                  f"pixels ({len(coords)} candidates read of {len(grid.coords)} grid cells)")
+        dset = f.create_dataset("coords", data=grid.coords[kept].astype(np.int64))
         dset.attrs.update(
             patch_size=cfg.size, patch_level=grid.level, downsample=grid.downsample,
             level_dim=slide.level_dimensions[grid.level], mpp=cfg.mpp, level0_mpp=mpp0,
             scale=grid.scale, size_level0=grid.extent0, overlap=cfg.overlap, min_tissue=cfg.min_tissue,
             mpp_source=mpp_source, slide_id=meta.slide_id, case_id=meta.case_id,
             sample_type=meta.sample_type or "", slide_type=meta.slide_type or "", source=str(meta.path),
-            n_candidates=len(grid.coords),
+            n_candidates=len(grid.coords), n_read=len(coords), tissue_rule=TISSUE_RULE,
         )
-        f.create_dataset("tissue", data=tissue.astype(np.float32))
-        imgs = f.create_dataset(
-            "imgs", shape=(len(coords), cfg.size, cfg.size, 3), dtype=np.uint8,
-            chunks=(1, cfg.size, cfg.size, 3),
-            compression=None if cfg.compression == "none" else cfg.compression,
-            compression_opts=cfg.gzip_level if cfg.compression == "gzip" else None,
-        )
-        for first, tiles in strips(slide, grid, coords, step0, compress if direct else None, cfg.threads):
-            for i, tile in enumerate(tiles, start=first):
-                if direct:
-                    imgs.id.write_direct_chunk((i, 0, 0, 0), tile if compress else tile.tobytes())
-                else:
-                    imgs[i] = tile
-            if on_tiles is not None:
-                on_tiles(first + len(tiles), len(coords))
+        f.create_dataset("tissue", data=np.asarray(tissue, dtype=np.float32))
+        if cfg.descriptors:
+            write_descriptors(f, {name: [r[name] for r in rows] for name in DESCRIPTORS})
+    return np.asarray(kept, dtype=np.int64)
+
+
+def write_descriptors(f, values: dict) -> None:
+    """The `descriptors` group of a slide's HDF5: one float64 dataset per descriptor, with its unit."""
+    from .descriptors import DESCRIPTORS
+
+    group = f.require_group("descriptors")
+    for name, (unit, definition) in DESCRIPTORS.items():
+        if name in group:
+            del group[name]
+        dset = group.create_dataset(name, data=np.asarray(values[name], dtype=np.float64))
+        dset.attrs.update(unit=unit, definition=definition)
 
 
 def save_qa_thumbnail(path: Path, slide, overview, grid: Grid, keep: np.ndarray, meta: SlideMeta) -> None:
@@ -225,20 +270,28 @@ def tile_slide(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) 
         mpp0, mpp_source = level0_mpp(slide, meta.path, cfg.assume_mpp)
         overview = read_overview(slide, mpp0, cfg)
         grid = plan_grid(slide, meta.path, cfg, overview, mpp0)
-        keep = grid.tissue >= cfg.min_tissue
-        if not keep.any():
+        candidates = grid.tissue >= cfg.min_tissue * CANDIDATE_SHARE
+        if not candidates.any():
             raise HistosynthError(f"{meta.path}: no tile has at least {cfg.min_tissue:.0%} tissue "
                                   f"(best {grid.tissue.max():.0%} of {len(grid.coords)} grid cells)")
+        out = slides_dir(ws) / f"{meta.slide_id}.h5"
+        keep = write_slide(out, slide, meta, grid, candidates, cfg, mpp0, mpp_source, on_tiles)
         save_qa_thumbnail(thumbnails_dir(ws) / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
-        write_slide(slides_dir(ws) / f"{meta.slide_id}.h5", slide, meta, grid, keep, cfg, mpp0, mpp_source,
-                    on_tiles)
+        tissue = read_tissue(out)
     finally:
         slide.close()
     return {
-        "slide_id": meta.slide_id, "tiles": int(keep.sum()), "candidates": len(grid.coords),
-        "tissue_mean": round(float(grid.tissue[keep].mean()), 4), "level": grid.level,
+        "slide_id": meta.slide_id, "tiles": len(keep), "candidates": len(grid.coords),
+        "tissue_mean": round(float(tissue.mean()), 4), "level": grid.level,
         "level0_mpp": mpp0, "mpp_source": mpp_source,
     }
+
+
+def read_tissue(path: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f["tissue"][:]
 
 
 def _tile_slide_safely(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) -> dict:

@@ -1,52 +1,174 @@
-"""Tissue detection on a low-resolution image of the slide, and per-tile tissue fractions.
+"""Tissue detection: a slide-level mask that picks candidate tiles, and THE tissue fraction of a tile.
 
-Like CLAM's TCGA preset: HSV saturation, median blur, Otsu threshold, morphological closing. Stained
-tissue is coloured while glass is grey-white, so saturation separates them whatever the stain. Otsu
-alone tends to split strongly from lightly stained tissue when tissue dominates the picture, so its
-threshold is clipped into a range just above glass. Very pale tissue (loose stroma, weak IHC
-counterstain) is barely more saturated than glass but has texture (nuclei, fibres) where glass is
-flat, so a high local grey-level spread also marks tissue. Pen ink (green to cyan hues) and
-near-black areas (marker, slide edges, debris) are removed, with a margin so their outlines go too;
-then the mask is closed, specks are dropped and holes smaller than a tile (lumina) are filled.
+Pixel rule (both levels). Stained tissue is coloured while glass is grey-white, so HSV saturation
+separates them whatever the stain (CLAM's TCGA preset: saturation, median blur, Otsu). Very pale
+tissue (loose stroma, weak IHC counterstain) is barely more saturated than glass but has texture
+(nuclei, fibres) where glass is flat, so a high local grey-level spread also marks tissue -- but only
+where pixels are fine enough to resolve nuclei (<= TEXTURE_MAX_UM): on a coarse overview the spread
+is that of the scan-area edge and of the tissue border, which made closing fill glass.
+
+Ink is found on the picture smoothed over INK_SIGMA_UM (a stroke is wider than a cell; smoothing
+keeps a dense lymphocyte sheet, whose nuclei alone are near-black and blue-purple, from reading as
+ink), by colour in optical density (Beer-Lambert: ink adds its own absorbance to the tissue's):
+  red    -- absorbs green and blue alike and no red: OD_B / OD_G high, OD_R / OD_G low (eosin
+            absorbs far less blue than green; DAB absorbs red too);
+  blue   -- hue between cyan and haematoxylin's blue-purple, strongly saturated;
+  green  -- green to cyan hues, never H&E, DAB or haematoxylin;
+  black  -- very dark after smoothing (marker, slide edges, debris).
+
+`tissue_mask` (slide level) then closes the mask, drops specks and fills holes smaller than a tile.
+`tissue_fraction` (tile level) is the share of a tile's own pixels that the pixel rule calls tissue,
+with no hole filling: the tiler records it for every kept tile and the descriptors report it, so a
+tile's recorded tissue fraction is always that of its pixels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-SAT_RANGE = (0.03, 0.08)     # the Otsu threshold of saturation is clipped into this range
+SAT_RANGE = (0.03, 0.08)     # the Otsu threshold of saturation is clipped into this range (slide level)
+TILE_SAT = 0.06              # fixed saturation threshold of the tile-level rule (one tile has no Otsu)
 TEXTURE_STD = 4.0            # grey levels (0-255): local spread above this is tissue, not glass
-PEN_HUES = (0.20, 0.58)      # green to cyan: ink, never H&E, DAB or haematoxylin
-DARK_VALUE = 0.20            # HSV value below this: black ink, slide edge, debris
+TEXTURE_MAX_UM = 4.0         # the texture rule applies only to pixels at most this many um wide
+INK_SIGMA_UM = 6.0           # ink colours are judged on the picture smoothed over this many um
+GREEN_HUES = (0.20, 0.52)    # green to cyan ink
+BLUE_HUES = (0.52, 0.70)     # blue ink; haematoxylin (also in dense lymphocytes) sits above 0.72
+BLUE_SAT = 0.45
+RED_BG = 0.78                # red ink: OD_B / OD_G above this ...
+RED_RG = 0.2                 # ... and OD_R / OD_G below this, with OD_G above RED_MIN_OD
+RED_MIN_OD = 0.5
+RED_HUE = 0.06               # ... or a red hue (within this of 0) saturated above RED_SAT
+RED_SAT = 0.85
+GREEN_SAT = 0.1
+TINT_SAT = 0.02
+BLACK_VALUE = 0.15           # smoothed HSV value below this: black ink, slide edge, debris
+INK_COLOURS = ("red", "blue", "green", "black")
 
 
-def tissue_mask(rgb: np.ndarray, tile_px: float) -> np.ndarray:
-    """Boolean tissue mask of an RGB image; `tile_px` is the tile edge in this image's pixels."""
-    from scipy.ndimage import uniform_filter
+def _reduce(rgb: np.ndarray, mpp: float | None) -> tuple[np.ndarray, int, float]:
+    """The picture block-averaged by a factor that keeps INK_SIGMA_UM at >= 3 of its pixels (colour
+    at the scale of an ink stroke does not need full resolution), smoothed over INK_SIGMA_UM.
+    Returns (float RGB, factor, smoothing sigma in its pixels)."""
+    from scipy.ndimage import gaussian_filter
+
+    sigma = 0.0 if mpp is None else INK_SIGMA_UM / mpp
+    factor = max(1, int(sigma // 3))
+    x = rgb.astype(np.float32)
+    if factor > 1:
+        h, w = -(-x.shape[0] // factor) * factor, -(-x.shape[1] // factor) * factor
+        x = np.pad(x, ((0, h - x.shape[0]), (0, w - x.shape[1]), (0, 0)), mode="edge")
+        x = x.reshape(h // factor, factor, w // factor, factor, 3).mean((1, 3))
+    sigma /= factor
+    if sigma >= 0.5:
+        x = gaussian_filter(x, (sigma, sigma, 0), mode="nearest")
+    return x, factor, sigma
+
+
+def _expand(mask: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+    if factor > 1:
+        mask = np.repeat(np.repeat(mask, factor, 0), factor, 1)
+    return mask[:shape[0], :shape[1]]
+
+
+def _ink(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Ink masks of a smoothed float RGB picture (0-255)."""
     from skimage.color import rgb2hsv
-    from skimage.filters import median, threshold_otsu
-    from skimage.morphology import closing, dilation, disk, remove_small_holes, remove_small_objects
 
-    hsv = rgb2hsv(rgb)
-    hue, value = hsv[..., 0], hsv[..., 2]
-    sat = median((hsv[..., 1] * 255).astype(np.uint8), disk(2)) / 255.0
-    threshold = SAT_RANGE[0]
-    if np.ptp(sat) > 0:
-        threshold = float(np.clip(threshold_otsu(sat), *SAT_RANGE))
-    grey = rgb.astype(np.float32).mean(-1)
-    mean = uniform_filter(grey, 3)
-    spread = np.sqrt(np.maximum(uniform_filter(grey * grey, 3) - mean * mean, 0))
-    mask = (sat > threshold) | (spread > TEXTURE_STD)
-    artefact = ((hue > PEN_HUES[0]) & (hue < PEN_HUES[1]) & (sat > threshold)) | (value < DARK_VALUE)
-    mask &= ~dilation(artefact, disk(2))
-    mask = closing(mask, disk(2))
+    od = -np.log10(np.clip(x, 1.0, 255.0) / 255.0)
+    hsv = rgb2hsv(x / 255.0)
+    r, g, b = od[..., 0], od[..., 1], od[..., 2]
+    hue, sat, value = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    g_safe = np.maximum(g, 1e-3)
+    red_hue = (hue > 1 - RED_HUE) | (hue < RED_HUE)
+    # not ink, but the same smoothed colour: a faint green-cyan tint is glass or scanner, as no stain
+    # is green-cyan (returned under "tint", never counted as ink)
+    return {
+        "red": ((g > RED_MIN_OD) & (b / g_safe > RED_BG) & (r / g_safe < RED_RG)) | (red_hue & (sat > RED_SAT)),
+        "blue": (hue > BLUE_HUES[0]) & (hue < BLUE_HUES[1]) & (sat > BLUE_SAT),
+        "green": (hue > GREEN_HUES[0]) & (hue <= GREEN_HUES[1]) & (sat > GREEN_SAT),
+        "black": value < BLACK_VALUE,
+        "tint": (hue > GREEN_HUES[0]) & (hue <= GREEN_HUES[1]) & (sat > TINT_SAT),
+    }
+
+
+def _margin(mask: np.ndarray, sigma: float) -> np.ndarray:
+    """Grow an ink mask by the smoothing width, so that stroke outlines go too."""
+    from scipy.ndimage import binary_dilation
+    from skimage.morphology import disk
+
+    return binary_dilation(mask, disk(max(1, int(round(sigma))))) if mask.any() else mask
+
+
+def _ink_and_tint(rgb: np.ndarray, mpp: float | None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    x, factor, sigma = _reduce(rgb, mpp)
+    found = _ink(x)
+    shape = rgb.shape[:2]
+    inks = {c: _expand(_margin(found[c], sigma if mpp else 2), factor, shape) for c in INK_COLOURS}
+    return inks, _expand(found["tint"], factor, shape)
+
+
+def ink_masks(rgb: np.ndarray, mpp: float | None) -> dict[str, np.ndarray]:
+    """Boolean mask per ink colour (INK_COLOURS) of an RGB uint8 image whose pixels are `mpp` um wide."""
+    return _ink_and_tint(rgb, mpp)[0]
+
+
+def ink_mask(rgb: np.ndarray, mpp: float | None) -> np.ndarray:
+    return np.logical_or.reduce(list(ink_masks(rgb, mpp).values()))
+
+
+def stained(rgb: np.ndarray, mpp: float | None, sat_threshold: float) -> np.ndarray:
+    """The pixel rule: saturated or textured (at fine resolution), not green-cyan tinted, not ink."""
+    from scipy.ndimage import median_filter, uniform_filter
+
+    rgbf = rgb.astype(np.float32)
+    top, low = rgbf.max(-1), rgbf.min(-1)
+    sat = median_filter(np.where(top > 0, (top - low) / np.maximum(top, 1e-6), 0.0), size=3)  # HSV saturation
+    mask = sat > sat_threshold
+    if mpp is None or mpp <= TEXTURE_MAX_UM:
+        grey = rgbf.mean(-1)
+        mean = uniform_filter(grey, 3)
+        spread = np.sqrt(np.maximum(uniform_filter(grey * grey, 3) - mean * mean, 0))
+        mask |= spread > TEXTURE_STD
+    inks, tint = _ink_and_tint(rgb, mpp)
+    return mask & ~tint & ~np.logical_or.reduce(list(inks.values()))
+
+
+def saturation_threshold(rgb: np.ndarray) -> float:
+    """Otsu on the saturation of a whole-slide overview, clipped into SAT_RANGE: Otsu alone splits
+    strongly from lightly stained tissue when tissue dominates the picture."""
+    from skimage.color import rgb2hsv
+    from skimage.filters import threshold_otsu
+
+    sat = rgb2hsv(rgb)[..., 1]
+    return float(np.clip(threshold_otsu(sat), *SAT_RANGE)) if np.ptp(sat) > 0 else SAT_RANGE[0]
+
+
+def tissue_mask(rgb: np.ndarray, tile_px: float, mpp: float | None = None) -> np.ndarray:
+    """Slide-level boolean tissue mask of an overview whose pixels are `mpp` um wide; `tile_px` is
+    the tile edge in this image's pixels. Used to choose candidate tiles."""
+    from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
+
+    mask = closing(stained(rgb, mpp, saturation_threshold(rgb)), disk(2))
     tile_area = max(tile_px, 1.0) ** 2
     mask = remove_small_objects(mask, max_size=max(int(tile_area * 0.25), 4))  # specks, dust
     return remove_small_holes(mask, max_size=max(int(tile_area), 4))           # lumina, tears
 
 
+def tile_tissue_mask(tile: np.ndarray, mpp: float) -> np.ndarray:
+    """The pixels of one tile that count as tissue (the pixel rule with a fixed threshold)."""
+    return stained(tile, mpp, TILE_SAT)
+
+
+def tissue_fraction(images: np.ndarray, mpp: float) -> np.ndarray:
+    """THE tissue fraction of tiles (uint8 [N, H, W, 3] or [H, W, 3]): float32 [N], the share of each
+    tile's pixels that are tissue. The tiler records it; the `tissue_fraction` descriptor is it."""
+    images = images[None] if images.ndim == 3 else images
+    return np.array([tile_tissue_mask(t, mpp).mean() for t in images], dtype=np.float32)
+
+
 def tile_fractions(mask: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Tissue fraction of each box [x0, y0, x1, y1] (mask pixels, float) via an integral image."""
+    """Mask share of each box [x0, y0, x1, y1] (mask pixels, float) via an integral image: the
+    slide-level estimate used to choose which tiles to read."""
     h, w = mask.shape
     integral = np.zeros((h + 1, w + 1), dtype=np.int64)
     integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)

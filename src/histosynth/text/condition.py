@@ -2,7 +2,10 @@
 
 A template such as "{tumor} tumor; {til} til; {summary}" names score fields that map to the tile
 index's `prob_<field>` columns; each probability is binned into `levels` (["low", "high"]: below
-0.5 is low). PathLDM's `levels[int(p * len(levels))]` raises at p = 1.0; here the top bin is closed.
+0.5 is low). Patch-descriptor fields ({nuclei}, {nuclear_area}, {fat}, {stroma}, {h}, {e}, {tissue};
+slides/descriptors.py) take the tile index's `level_<field>` word instead: the descriptor binned
+by quantile edges fitted on the training tiles (tiles/descriptor_edges.json), so embed and sample
+read the same word for a tile. PathLDM's `levels[int(p * len(levels))]` raises at p = 1.0; here the top bin is closed.
 The empty string is the unconditional text of classifier-free guidance.
 """
 
@@ -15,6 +18,10 @@ import string
 from ..console import HistosynthError
 
 SUMMARY_FIELD = "summary"
+# descriptor template fields and their words (slides.descriptors.TEMPLATE_FIELDS / LEVELS; kept here
+# as plain data so that this module stays free of the slides stage)
+DESCRIPTOR_FIELDS = ("nuclei", "nuclear_area", "h", "e", "fat", "stroma", "tissue")
+DESCRIPTOR_LEVELS = ("low", "medium", "high")
 
 
 def template_fields(template: str) -> list[str]:
@@ -30,8 +37,8 @@ def template_fields(template: str) -> list[str]:
 
 
 def score_column(field: str) -> str:
-    """Template field -> tile index column ({tumor} -> prob_tumor)."""
-    return f"prob_{field}"
+    """Template field -> tile index column ({tumor} -> prob_tumor, {nuclei} -> level_nuclei)."""
+    return f"level_{field}" if field in DESCRIPTOR_FIELDS else f"prob_{field}"
 
 
 def level_of(p: float, levels: list[str]) -> str:
@@ -43,19 +50,27 @@ def level_of(p: float, levels: list[str]) -> str:
     return levels[min(int(p * len(levels)), len(levels) - 1)]
 
 
-def condition_text(template: str, summary: str, scores: dict[str, float], levels: list[str]) -> str:
+def condition_text(template: str, summary: str, scores: dict[str, float | str], levels: list[str]) -> str:
     """Fill the template: scores binned into levels, the summary as is; surrounding spaces removed."""
     values = {}
     for field in template_fields(template):
         if field not in scores:
             raise HistosynthError(f"text.template needs score '{field}' ({score_column(field)}), which is missing")
-        values[field] = level_of(scores[field], levels)
+        value = scores[field]
+        if field in DESCRIPTOR_FIELDS:   # already a word (the tile index's level_<field>)
+            if value not in DESCRIPTOR_LEVELS:
+                raise HistosynthError(f"descriptor field '{field}': {value!r} is not one of {DESCRIPTOR_LEVELS}; "
+                                      "run `histosynth describe -w WS`")
+            values[field] = value
+        else:
+            values[field] = level_of(value, levels)
     return template.format(summary=summary, **values).strip()
 
 
 def tile_condition_text(tile, template: str, summary: str, levels: list[str]) -> str:
     """A tile's condition text: its `prob_<field>` columns (a tile-index row) fill the template."""
-    scores = {f: float(getattr(tile, score_column(f))) for f in template_fields(template)}
+    scores = {f: (getattr(tile, score_column(f)) if f in DESCRIPTOR_FIELDS else float(getattr(tile, score_column(f))))
+              for f in template_fields(template)}
     return condition_text(template, summary, scores, levels)
 
 
@@ -72,12 +87,16 @@ def context_length_for(encoder_or_tokenizer, template: str, budget: int, levels:
     fields = template_fields(template)
     prefix = max(
         tokenizer.count(condition_text(template, "", dict(zip(fields, probs)), levels))
-        for probs in itertools.product(_level_probabilities(levels), repeat=len(fields))
+        for probs in itertools.product(*(_field_values(f, levels) for f in fields))
     )
     length = prefix + budget + 2
     if length > max_positions:
         length = math.ceil(length / chunk_size) * chunk_size
     return length
+
+
+def _field_values(field: str, levels: list[str]) -> list:
+    return list(DESCRIPTOR_LEVELS) if field in DESCRIPTOR_FIELDS else _level_probabilities(levels)
 
 
 def _level_probabilities(levels: list[str]) -> list[float]:

@@ -1,0 +1,107 @@
+"""Patch descriptors: the acceptance checks on real labelled Kather 2016 tiles, and exact counts on
+synthetic tiles with known nuclei."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from histosynth.slides.descriptors import DESCRIPTORS, bin_words, describe, fit_edges
+from histosynth.slides.tissue import tissue_fraction
+
+from conftest import shared_file
+
+KATHER_SETS = {"tiles/kather2016_tiles_original": 0.495,
+               "tiles/kather2016_tiles_tfds_resized224": 0.495 * 150 / 224}  # upsampled by a third party
+
+
+def kather_tiles():
+    from PIL import Image
+
+    for folder, mpp in KATHER_SETS.items():
+        root = shared_file(folder)
+        for path in sorted(root.glob("*/*")):
+            if path.suffix.lower() in (".png", ".tif", ".tiff"):
+                yield path.parent.name.split("_", 1)[1], np.asarray(Image.open(path).convert("RGB")), mpp
+
+
+@pytest.fixture(scope="module")
+def kather_medians():
+    full, crops = [], []
+    for label, rgb, mpp in kather_tiles():
+        full.append(describe(rgb, mpp).assign(label=label))
+        crops.append(describe(np.ascontiguousarray(rgb[:64, :64]), mpp).assign(label=label))
+    return {"full": pd.concat(full).groupby("label").median(),
+            "crop64": pd.concat(crops).groupby("label").median()}
+
+
+@pytest.mark.parametrize("kind", ["full", "crop64"])
+def test_kather_class_medians_order_as_histology_says(kather_medians, kind):
+    med = kather_medians[kind]
+    assert len(med) == 8
+    assert med["fat_fraction"].idxmax() == "ADIPOSE", med["fat_fraction"]
+    assert med.loc["ADIPOSE", "tissue_fraction"] > med.loc["EMPTY", "tissue_fraction"]
+    assert med["nuclei_density"].idxmax() == "LYMPHO", med["nuclei_density"]
+    assert med["tissue_fraction"].idxmin() == "EMPTY", med["tissue_fraction"]
+    # and the H/E split follows the stains: lymphocytes haematoxylin, stroma eosin
+    assert med.loc["LYMPHO", "h_fraction"] > 0.8 and med.loc["STROMA", "e_fraction"] > 0.8
+    assert med["stroma_fraction"].idxmax() == "STROMA"
+
+
+def synthetic_nuclei(n: int, radius_px: float, size: int = 384, seed: int = 0):
+    """An H&E-like tile (Beer-Lambert stain mix) with `n` round nuclei, some of them touching."""
+    from skimage.color import hed2rgb
+
+    rng = np.random.default_rng(seed)
+    centres: list[tuple[float, float]] = []
+    while len(centres) < n:
+        if centres and rng.random() < 0.3:   # a touching neighbour of an earlier nucleus
+            cy, cx = centres[rng.integers(len(centres))]
+            angle = rng.uniform(0, 2 * np.pi)
+            c = (cy + 2.05 * radius_px * np.sin(angle), cx + 2.05 * radius_px * np.cos(angle))
+        else:
+            c = tuple(rng.uniform(radius_px + 2, size - radius_px - 2, size=2))
+        inside = radius_px + 1 < c[0] < size - radius_px - 1 and radius_px + 1 < c[1] < size - radius_px - 1
+        if inside and all(np.hypot(c[0] - a, c[1] - b) > 2.02 * radius_px for a, b in centres):
+            centres.append(c)
+    yy, xx = np.mgrid[:size, :size]
+    nuclei = np.zeros((size, size), dtype=bool)
+    for cy, cx in centres:
+        nuclei |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius_px ** 2
+    stains = np.zeros((size, size, 3))
+    stains[..., 1] = 0.03 + 0.005 * rng.standard_normal((size, size))     # eosin everywhere
+    stains[..., 0] = np.where(nuclei, 0.12, 0.005) + 0.005 * rng.standard_normal((size, size))
+    rgb = (np.clip(hed2rgb(stains), 0, 1) * 255).round().astype(np.uint8)
+    return rgb, int(nuclei.sum())
+
+
+@pytest.mark.parametrize("n,radius_um,mpp", [(30, 4.0, 0.5), (60, 3.0, 0.5), (25, 5.0, 0.25)])
+def test_synthetic_nuclei_count_and_area(n, radius_um, mpp):
+    rgb, painted_px = synthetic_nuclei(n, radius_um / mpp)
+    row = describe(rgb, mpp).iloc[0]
+    tile_mm2 = (rgb.shape[0] * mpp * 1e-3) ** 2
+    count = row["nuclei_density"] * tile_mm2
+    true_area = painted_px * mpp ** 2 / n
+    assert abs(count - n) <= 0.10 * n, (count, n)
+    assert abs(row["nuclear_area"] - true_area) <= 0.15 * true_area, (row["nuclear_area"], true_area)
+
+
+def test_describe_shapes_units_and_determinism():
+    rgb, _ = synthetic_nuclei(10, 8.0, size=128)
+    a, b = describe(np.stack([rgb, rgb]), 0.5), describe(rgb, 0.5)
+    assert list(a.columns) == list(DESCRIPTORS) and len(a) == 2 and len(b) == 1
+    pd.testing.assert_frame_equal(a.iloc[:1], b)
+    assert b.loc[0, "tissue_fraction"] == pytest.approx(float(tissue_fraction(rgb, 0.5)[0]))
+    with pytest.raises(ValueError, match="uint8"):
+        describe(rgb.astype(np.float32), 0.5)
+
+
+def test_fit_edges_and_bin_words():
+    df = pd.DataFrame({"desc_nuclei_density": np.arange(9.0), "desc_nuclear_area": [np.nan] + [1.0] * 8})
+    edges = fit_edges(df, ["nuclei_density"])
+    assert len(edges["nuclei_density"]) == 2
+    words = bin_words(df, edges)
+    assert [w["nuclei_density"] for w in words] == ["low"] * 3 + ["medium"] * 3 + ["high"] * 3
+    assert bin_words({"nuclei_density": 100.0}, edges) == [{"nuclei_density": "high"}]
+    assert bin_words(df, {"nuclear_area": [0.5, 2.0]})[0]["nuclear_area"] == "low"   # NaN: no nuclei
