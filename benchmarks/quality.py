@@ -121,7 +121,8 @@ def data_path(name: str) -> Path:
 
         return Path(datasets.fetch({"cmu1": "cmu-1-small-region", "kather": "kather2016-tiles"}[name]))
     except (ImportError, AttributeError):
-        path = ROOT.parent / "shared" / "data" / relative
+        shared = Path(os.environ.get("HISTOSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+        path = shared / relative
         if not path.exists():
             raise SystemExit(f"quality: {path} not found (the real H&E data; see ../shared/data/README.md)")
         return path
@@ -149,12 +150,14 @@ def region_split(ws, test_share: float = 0.3) -> dict:
 
 def subsample(ws, max_tiles: int, seed: int = 0) -> None:
     """--quick: keep a few tiles of each split (the index only; pixels stay where they are)."""
+    import pandas as pd
+
     from histosynth.fileio import atomic_path
     from histosynth.slides.index import read_index
 
     index = read_index(ws)
-    keep = index.groupby("split", group_keys=False).apply(lambda g: g.sample(min(len(g), max_tiles // 2),
-                                                                                random_state=seed))
+    parts = [index[index["split"] == s] for s in ("train", "test")]
+    keep = pd.concat([p.sample(min(len(p), max_tiles // 2), random_state=seed) for p in parts])
     with atomic_path(ws.tile_index_path) as tmp:
         keep.sort_values("tile_id").to_parquet(tmp, index=False)
 
@@ -194,14 +197,14 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
 
     from histosynth.experiments.demo import StageClock
     from histosynth.experiments.quality import (balanced_prompts, class_condition, condition_grid,
-                                                descriptor_condition, generate, run_tile_texts)
+                                                descriptor_condition, evaluate_conditioning, generate,
+                                                prepare_text, run_tile_texts)
     from histosynth.latents.encode import encode_workspace
     from histosynth.latents.vae import train_vae
     from histosynth.slides.tiler import tile_slides
     from histosynth.text.embed import embed_workspace
     from histosynth.workspace import Workspace
 
-    from quality_eval import evaluate_conditioning  # benchmarks/quality_eval.py: the metric adapters
 
     root = work / ds.name
     ws = Workspace(root / "workspace")
@@ -210,18 +213,20 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     cfg = ws.ensure_config(preset="tiny-cpu", overrides=settings)
     budget = cfg.summaries.budget
     source = data_path(ds.name)
-    stage = StageClock(root / "stages", ["tiny-cpu", *settings, str(source), json.dumps(asdict(sizes))])
+    stage = StageClock(root / "stages", ["tiny-cpu", *settings, str(source), json.dumps(asdict(sizes))], label=f"quality {ds.name}")
     split = {}
 
     def prepare():
         tile_slides(ws, cfg, [source])
-        if sizes.max_tiles:
-            subsample(ws, sizes.max_tiles)
         if ds.kind == "descriptor":
             split.update(region_split(ws))
-        prepare_text(ws, cfg, budget)
+        if sizes.max_tiles:
+            subsample(ws, sizes.max_tiles)
+        _write(root, "split-info", split)
+        prepare_text(ws, cfg, budget, root / "captions.csv")
 
     stage("tile", prepare)
+    split = split or _read(root, "split-info") or {}
     stage("embed", lambda: embed_workspace(ws, cfg, budget))
     stage("train-vae", lambda: train_vae(ws, cfg))
     stage("encode", lambda: encode_workspace(ws, cfg))
@@ -247,13 +252,6 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
             "condition": asdict(condition), "training": train_info, "stages": stage.records,
             "images_generated": sizes.n_images, "sampler": f"{cfg.sample.sampler}-{sizes.sample_steps}",
             "guidance": sizes.guidance, "metrics": metrics, "grid": str(grid), "target": TARGETS[ds.name]}
-
-
-def prepare_text(ws, cfg, budget: int) -> None:
-    """The condition texts need no report here (descriptor words, class text); see quality_eval."""
-    from quality_eval import prepare_text as prepare
-
-    prepare(ws, cfg, budget)
 
 
 def _write(root: Path, name: str, data) -> None:
@@ -298,7 +296,6 @@ def main(argv=None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sizes = sizes_of(args)
     work = args.work or Path("/tmp") / f"histosynth-quality{'-quick' if args.quick else ''}"
     if args.one:
@@ -316,7 +313,7 @@ def main(argv=None) -> dict:
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(Path(r["grid"]).read_bytes())
         r["grid"] = str(dest.relative_to(ROOT)) if dest.is_relative_to(ROOT) else str(dest)
-    from quality_eval import table_rows
+    from histosynth.experiments.quality import table_rows
 
     report = {"benchmark": "quality", "mode": "quick (toy sizes; NOT a result)" if args.quick else "full",
               "preset": "tiny-cpu", "sizes": asdict(sizes), "threads_per_dataset": args.threads,

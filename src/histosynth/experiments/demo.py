@@ -43,8 +43,9 @@ def demo_settings(preset: str, overrides: Sequence[str], builtin_sample: bool) -
 class StageClock:
     """Runs a demo stage once: times it, measures its peak memory, and skips it on a rerun."""
 
-    def __init__(self, folder: Path, choices: Sequence[str]):
+    def __init__(self, folder: Path, choices: Sequence[str], label: str = "demo"):
         self.folder = folder
+        self.label = label
         # What the user chose (preset, overrides, inputs), not the resolved config: a new config
         # field in a newer histosynth must not redo a finished demo.
         self.fingerprint = text_hash("\n".join(choices))
@@ -60,10 +61,10 @@ class StageClock:
         if marker.exists():
             record = read_json(marker)
             if record.get("fingerprint") == self.fingerprint:
-                info(f"demo: {name}: finished before, skipped")
+                info(f"{self.label}: {name}: finished before, skipped")
                 self.records.append({**record, "status": "resumed"})
                 return None
-        info(f"demo: {name} ...")
+        info(f"{self.label}: {name} ...")
         t0, cpu0 = time.perf_counter(), time.process_time()
         with PeakMemory() as memory:
             result = fn()
@@ -73,7 +74,7 @@ class StageClock:
                   "fingerprint": self.fingerprint}
         write_json(marker, record)
         self.records.append({**record, "status": "ran"})
-        info(f"demo: {name}: {record['wall_time_s']:.1f} s")
+        info(f"{self.label}: {name}: {record['wall_time_s']:.1f} s")
         return result
 
 

@@ -39,7 +39,7 @@ def descriptor_condition(field_name: str) -> Condition:
 
 
 def class_condition(index) -> Condition:
-    column = next((c for c in CLASS_COLUMNS if c in index.columns), None)
+    column = class_column(index)
     if column is None:
         raise HistosynthError(f"tile index: no class column ({', '.join(CLASS_COLUMNS)}); tile a folder of class "
                               "sub-folders to get one")
@@ -129,3 +129,78 @@ def condition_grid(ws, index, condition: Condition, folder: Path, png: Path, val
     rows = [(name(v), real.get(v, []), fake.get(v, [])) for v in values]
     png.parent.mkdir(parents=True, exist_ok=True)
     return condition_grid_png(rows, png, per_side=per_side, title=title)
+
+
+# ---- condition text without reports ----------------------------------------------------------------
+def prepare_text(ws, cfg, budget: int, csv_path: Path) -> None:
+    """Make `embed` possible for a workspace without pathology reports.
+
+    A template without {summary} (descriptor words only) reads no summary, but `embed` still wants
+    the summaries file: give every case a neutral one-line report, which the template then ignores."""
+    from ..reports.ingest import ingest_reports
+    from ..reports.summarize import summarize_workspace
+    from ..slides.index import read_index
+    from ..text.condition import SUMMARY_FIELD
+
+    if "{" + SUMMARY_FIELD + "}" in cfg.text.template and class_column(read_index(ws)) is None:
+        raise HistosynthError(f"text.template '{cfg.text.template}' needs report summaries; this workspace has none")
+    if ws.summaries_path(budget).exists():
+        return
+    import csv
+
+    cases = sorted(read_index(ws)["case_id"].astype(str).unique())
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["patient_filename", "text", "patient_id"])
+        writer.writeheader()
+        writer.writerows({"patient_filename": c, "text": "H&E tissue.", "patient_id": c} for c in cases)
+    ingest_reports(ws, cfg, csv_path)
+    summarize_workspace(ws, cfg, budget)
+
+
+def class_column(index) -> str | None:
+    return next((c for c in CLASS_COLUMNS if c in index.columns), None)
+
+
+# ---- fidelity and realism, with their controls ------------------------------------------------------
+def requested_and_images(samples: Path):
+    from ..imageio import load_rgb
+    from ..sample.generate import read_metadata
+
+    requests = read_json(samples / "requests.json")
+    records = read_metadata(samples)
+    images = np.stack([load_rgb(samples / r["file"]) for r in records])
+    return [r["requested"] for r in requests[:len(records)]], images
+
+
+def evaluate_conditioning(ws, index, condition: Condition, samples: Path, quick: bool = False) -> dict:
+    """Fidelity of the generated images to what their prompts requested (with the shuffled control)
+    and C2ST realism (real test vs generated, real train vs real test beside it), by
+    histosynth.evaluate's weight-free metrics."""
+    try:
+        from ..evaluate import conditioning as metrics  # noqa: F401
+    except ImportError:
+        return {"skipped": "histosynth.evaluate has no weight-free conditioning metrics yet"}
+    return {}
+
+
+def table_rows(results: list[dict]) -> list[dict]:
+    """One row per metric: generated [CI], control [CI], and the real-data reference."""
+    def fmt(entry):
+        if not entry or entry.get("value") is None:
+            return "n/a"
+        ci = entry.get("ci95")
+        return f"{entry['value']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+    rows = []
+    for r in results:
+        m = r.get("metrics") or {}
+        if "skipped" in m:
+            rows.append({"dataset": r["dataset"], "metric": "all", "generated": "skipped", "control": "",
+                         "reference": m["skipped"]})
+            continue
+        for name, entry in m.items():
+            rows.append({"dataset": r["dataset"], "metric": name, "generated": fmt(entry),
+                         "control": fmt(entry.get("control")), "reference": fmt(entry.get("reference"))
+                         + (f" ({entry['reference_kind']})" if entry.get("reference_kind") else "")})
+    return rows

@@ -175,7 +175,7 @@ def condition_grid_png(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[
     from ..imageio import contact_sheet
 
     plt = _pyplot()
-    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 1.9 * len(rows) + (0.5 if title else 0.2)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 1.2 * len(rows) + (0.5 if title else 0.2)), squeeze=False)
     for r, (label, real, fake) in enumerate(rows):
         for c, (images, side) in enumerate(((real, "real"), (fake, "generated"))):
             ax = axes[r, c]
