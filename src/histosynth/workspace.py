@@ -134,6 +134,11 @@ class Workspace:
     def ablation_dir(self) -> Path:
         return self.root / "ablation"
 
+    @property
+    def pipeline_status_path(self) -> Path:
+        """The pipeline runner's status record (histosynth.experiments.runner): one unit per stage."""
+        return self.root / "pipeline" / STATUS_FILE
+
     # bookkeeping
     def status_path(self, stage_dir: Path) -> Path:
         """The status record (histosynth.status) of the stage that writes `stage_dir`."""

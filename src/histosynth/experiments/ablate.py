@@ -1,256 +1,563 @@
-"""The token-budget ablation (the paper's experiment): how long should a report summary be?
+"""The ablation grid: summary budget x text encoder x condition fields x summary content x seed.
 
-For each budget: summaries -> embeddings (in this process: cheap, resumable), then for each seed a
-training run in its OWN process (so its peak memory is its own, not the sum of everything before),
-sampling from the test split's conditions and evaluation against the real test tiles. Each
-(budget, seed) cell ends with `WS/ablation/budget-<N>/seed-<s>/result.json`; a rerun skips the
-cells that have one. The table (mean and spread over seeds) and plots go to `WS/ablation/`.
+    histosynth ablate -w WS --budgets 20,35 --encoders minilm,random-clip --fields summary,summary+tumor-til \
+        --contents full,no-type --seeds 0,1 [--grid grid.yaml] [--baseline b35_minilm_summary_full]
+
+A *cell* is one combination of the non-seed axes; each cell is trained once per seed. Every
+(cell, seed) trains in its own process (`histosynth train`, 1-2 threads), so its memory figure is
+its own, then samples one image per conditioning tile of the chosen split (the same tiles and the
+same sampling noise in every cell: only the model differs) and is evaluated with every metric
+`histosynth evaluate` has plus per-image fidelity to the conditioning tile. A (cell, seed) is
+resumable: its status record (histosynth.status) in `WS/ablation/status.json` skips it when its
+inputs are unchanged; the VAE and latents are shared by all cells (trained once).
+
+Axes
+- budgets: summary budgets in tokens;
+- encoders: text-encoder registry names ("minilm"), folders (CLIP, PLIP or any CLIP-style folder,
+  BERT-family folders), or "random-clip" / "random-bert": randomly initialised towers saved to
+  folders under WS/ablation/encoders/. Only MiniLM has real weights offline; random towers check
+  the machinery and support no conclusion (the table says so);
+- fields: named condition templates (FIELD_TEMPLATES; a YAML `templates:` mapping adds more):
+  summary only, summary + tumour/TIL, summary + patch descriptors, descriptors only, and "none"
+  (every caption "": conditioning disabled, the grid's negative control);
+- contents: what the extractive summary may say (CONTENTS): full, no-type, no-grade,
+  no-architecture, type-only. Content cells get their own summaries (recomposed from the report's
+  findings, `reports.findings`) in a derived workspace that shares tiles, reports, VAE and latents;
+- seeds: training seeds.
+
+Statistics (histosynth.experiments.stats): mean ± sd over seeds, bootstrap 95 % intervals over
+images, Wilcoxon signed-rank of each cell against the baseline cell, paired over prompt x seed,
+Holm-corrected; a sentence per axis names the differences outside the noise.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import os
-import subprocess
-import sys
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
-from ..config import HistoSynthConfig, to_yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ..config import ConfigError, HistoSynthConfig
 from ..console import HistosynthError, info
-from ..fileio import read_json, write_json, write_text
+from ..fileio import atomic_path, read_json, write_json, write_text
 from ..manifest import recording
+from ..status import WorkLog, inputs_hash
 from ..workspace import Workspace
+from . import stats
+from .runner import Pipeline, SampleSpec, TrainProcess
 
-# Table columns: (column in result.json, heading, format). Mean and spread are over seeds.
-COLUMNS = (
-    ("mean_tokens", "mean tokens", "{:.1f}"),
-    ("fid", "FID", "{:.2f}"),
-    ("kid", "KID", "{:.4f}"),
-    ("stain_distance", "stain distance", "{:.4f}"),
-    ("memorization", "memorization", "{:.3f}"),
-    ("peak_train_memory_mib", "peak train memory (MiB)", "{:.0f}"),
-    ("step_time_s", "step time (s)", "{:.3f}"),
-)
-# Where each quality column lives in eval.json's "metrics" (see histosynth.evaluate.run).
-QUALITY = {
-    "fid": ("fid",),
-    "kid": ("kid", "kid"),
-    "stain_distance": ("stain", "frechet_hed"),         # Frechet distance of per-image HED mean/std
-    "memorization": ("memorization", "near_copy_share"),  # share of generated images that copy a training tile
+FIELD_TEMPLATES = {
+    "summary": "{summary}",
+    "summary+tumor-til": "{tumor} tumor; {til} til; {summary}",
+    "summary+descriptors": "{nuclei} nuclei; {fat} fat; {summary}",
+    "descriptors": "{nuclei} nuclei; {fat} fat",
+    "none": "",     # conditioning disabled: every caption is the unconditional text
 }
+# Finding kinds (reports.findings) of each content ablation. "architecture": gland/crypt structure
+# and the in-situ growth patterns (DCIS, LCIS); the Nottingham tubule score stays with the grade.
+ARCHITECTURE = ("glands", "dcis", "lcis")
+CONTENTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
+    "full": None,
+    "no-type": ("drop", ("type",)),
+    "no-grade": ("drop", ("grade",)),
+    "no-architecture": ("drop", ARCHITECTURE),
+    "type-only": ("keep", ("type",)),
+}
+REAL_OFFLINE_ENCODERS = ("minilm",)
+RANDOM_ENCODERS = ("random-clip", "random-bert")
+PER_IMAGE = ("stain_error", "colour_error")   # per-image fidelity to the conditioning tile (lower is better)
+RANDOM_NOTE = ("Encoders marked 'random' are randomly initialised towers (no weights offline): their cells check "
+               "the machinery and support no conclusion about that encoder.")
 
 
-def ablation_dir(ws: Workspace) -> Path:
-    return ws.ablation_dir
+class GridSpec(BaseModel):
+    """The grid, from flags or a YAML file (same names)."""
+
+    model_config = ConfigDict(extra="forbid")
+    budgets: list[int] | None = None          # None: the config's summaries.budget
+    encoders: list[str] | None = None         # None: the config's text.encoder
+    fields: list[str] = ["summary"]
+    contents: list[str] = ["full"]
+    seeds: list[int] = [0]
+    templates: dict[str, str] = {}            # extra named condition templates
+    baseline: str | None = None               # a cell name; None: the first value of every axis
+    n: int | None = Field(None, ge=2)         # images per (cell, seed); None: one per split tile
+    split: str = "test"                       # whose tiles condition the images (and are the real set)
+    sample_seed: int = 0                      # the same conditioning tiles and noise in every cell
+    threads: int = Field(1, ge=1, le=64)      # torch threads of each training process
 
 
-def seed_list(seeds: int | Sequence[int]) -> list[int]:
-    """`--seeds 3` means seeds 0, 1, 2; an explicit list is taken as is."""
-    return list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
+@dataclass(frozen=True)
+class Cell:
+    budget: int
+    encoder: str
+    fields: str
+    content: str
+
+    @property
+    def name(self) -> str:
+        return f"b{self.budget}_{_slug(self.encoder)}_{self.fields}_{self.content}"
+
+    def axes(self) -> dict[str, Any]:
+        return {"budget": self.budget, "encoder": self.encoder, "fields": self.fields, "content": self.content}
 
 
-def run_ablation(
-    ws: Workspace,
-    cfg: HistoSynthConfig,
-    budgets: Iterable[int],
-    seeds: int | Sequence[int] = 1,
-    preset: str | None = None,          # recorded only: `cfg` is already resolved from it
-    overrides: Sequence[str] = (),      # recorded only, likewise
-    n_samples: int | None = None,       # generated images per cell; None: one per test tile (cfg.evaluate.n caps)
-    threads: int | None = None,         # torch threads of each training process; None: this process's
-) -> Path:
-    """Run (or resume) every (budget, seed) cell, then write the table and plots; returns table.csv."""
-    out = ablation_dir(ws)
-    budgets, seeds = [int(b) for b in budgets], seed_list(seeds)
-    ws.require(ws.tile_index_path, "tile")  # the ablation starts from a tiled workspace with reports
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9+.-]+", "-", Path(text).name if "/" in text else text).strip("-") or "x"
+
+
+def load_grid(path: str | Path | None, **flags: Any) -> GridSpec:
+    """A YAML grid file with flags on top (a flag given wins); one line on an invalid grid."""
+    import yaml
+
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the grid ({exc.__class__.__name__})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a grid file must be a mapping of axes")
+    data.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        spec = GridSpec.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        raise ConfigError(f"{path or 'ablate'}: {where}: {err['msg']}") from None
+    templates = {**FIELD_TEMPLATES, **spec.templates}
+    for name in spec.fields:
+        if name not in templates:
+            raise ConfigError(f"--fields {name}: unknown; choose from {', '.join(templates)} or add it under templates:")
+    for name in spec.contents:
+        if name not in CONTENTS:
+            raise ConfigError(f"--contents {name}: unknown; choose from {', '.join(CONTENTS)}")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise ConfigError(f"--seeds {spec.seeds}: each seed once")
+    return spec
+
+
+def grid_cells(spec: GridSpec, cfg: HistoSynthConfig) -> list[Cell]:
+    budgets = spec.budgets or [cfg.summaries.budget]
+    encoders = spec.encoders or [cfg.text.encoder]
+    return [Cell(*combo) for combo in itertools.product(budgets, encoders, spec.fields, spec.contents)]
+
+
+def baseline_cell(spec: GridSpec, cells: list[Cell]) -> Cell:
+    if spec.baseline is None:
+        return cells[0]
+    for cell in cells:
+        if cell.name == spec.baseline:
+            return cell
+    raise ConfigError(f"--baseline {spec.baseline}: no such cell; cells are {', '.join(c.name for c in cells)}")
+
+
+# ---- running ------------------------------------------------------------------------------------
+def run_grid(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, preset: str | None = None,
+             overrides: Sequence[str] = ()) -> Path:
+    """Run (or resume) every (cell, seed), then write the table, comparisons and plots; returns table.md."""
+    out = ws.ablation_dir
+    ws.require(ws.tile_index_path, "tile")
     ws.require(ws.reports_path, "reports")
-    # Every training process reads exactly this config (a full dump, merged over the workspace's).
-    config_file = out / "histosynth.yaml"
-    write_text(config_file, to_yaml(cfg))
-    rows = []
-    with recording("ablate", out, config=cfg, seeds={f"seed{s}": s for s in seeds}) as manifest:
-        manifest.results.update(budgets=budgets, preset=preset, overrides=list(overrides))
-        for budget in budgets:
-            done = [read_json(p) for s in seeds if (p := cell_dir(ws, budget, s) / "result.json").exists()]
-            if len(done) == len(seeds):  # a finished budget needs nothing, not even its summaries
-                info(f"budget {budget}: {len(seeds)} seed(s) done before, skipped")
-                rows += done
-                continue
-            mean_tokens = prepare_budget(ws, cfg, budget)
-            for seed in seeds:
-                rows.append(run_cell(ws, cfg, budget, seed, config_file, mean_tokens, n_samples=n_samples,
-                                     threads=threads))
-        table = aggregate(rows)
-        write_tables(rows, table, out)
-        plot_ablation(table, out)
-        manifest.results.update(cells=len(rows), table=str(out / "table.csv"))
-    info(f"ablation table: {out / 'table.md'}")
-    return out / "table.csv"
+    cells = grid_cells(spec, cfg)
+    base = baseline_cell(spec, cells)
+    log = WorkLog(ws.status_path(out))
+    with recording("ablate", out, config=cfg, seeds={f"seed{s}": s for s in spec.seeds}) as manifest:
+        manifest.results.update(grid=spec.model_dump(), preset=preset, overrides=list(overrides))
+        Pipeline(ws, cfg).run(stages=["train-vae", "encode"])   # one VAE and one latent cache for all cells
+        encoders = {e: resolve_encoder(ws, e) for e in {c.encoder for c in cells}}
+        rows, images = [], []
+        for cell in cells:
+            for rank, seed in enumerate(spec.seeds):
+                row, per_image = run_cell(ws, cfg, spec, cell, seed, encoders[cell.encoder], log)
+                rows.append({**row, "seed_rank": rank})
+                images.append(per_image.assign(cell=cell.name, seed=seed, seed_rank=rank))
+        path = analyse(rows, images, cells, base, spec, encoders, out)
+        manifest.results.update(cells=len(cells), runs=len(rows), table=str(path))
+    info(f"ablation table: {path}")
+    return path
 
 
-def prepare_budget(ws: Workspace, cfg: HistoSynthConfig, budget: int) -> float:
-    """Summaries and embeddings of one budget (each stage skips work it already did)."""
-    from ..reports.summarize import read_summaries, summarize_workspace
-    from ..text.embed import embed_workspace
-
-    summarize_workspace(ws, cfg, budget)
-    embed_workspace(ws, cfg, budget)
-    return float(read_summaries(ws, budget)["n_tokens"].mean())
-
-
-def cell_dir(ws: Workspace, budget: int, seed: int) -> Path:
-    return ablation_dir(ws) / f"budget-{budget}" / f"seed-{seed}"
+def cell_config(cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, seed: int, encoder_path: str) -> HistoSynthConfig:
+    data = cfg.model_dump(mode="json")
+    data["summaries"]["budget"] = cell.budget
+    data["text"]["encoder"] = encoder_path
+    data["text"]["template"] = {**FIELD_TEMPLATES, **spec.templates}[cell.fields]
+    data["train"]["seed"] = seed
+    return HistoSynthConfig.model_validate(data)
 
 
-def run_cell(ws: Workspace, cfg: HistoSynthConfig, budget: int, seed: int, config_file: Path, mean_tokens: float,
-             n_samples: int | None = None, threads: int | None = None) -> dict[str, Any]:
-    cell = cell_dir(ws, budget, seed)
-    result_path = cell / "result.json"
-    if result_path.exists():
-        info(f"budget {budget}, seed {seed}: done before, skipped")
-        return read_json(result_path)
+def run_cell(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, seed: int,
+             encoder: dict, log: WorkLog):
+    """One (cell, seed): embed, train (own process), sample, evaluate, per-image fidelity."""
+    import pandas as pd
 
-    from ..evaluate.run import evaluate
-    from ..sample.generate import sample_run
-
-    run_name = f"ablation-budget-{budget}-seed-{seed}"
-    run_dir = ws.run_dir(run_name)
-    if not finished_run(run_dir, cfg.train.steps):  # a rerun after sampling failed must not retrain
-        train_in_subprocess(ws, config_file, budget, seed, run_name, threads=threads)
-    run_results = read_json(run_dir / "manifest.json").get("results", {})
-    n = n_samples or test_tile_count(ws, cfg)
-    samples = sample_run(run_dir, prompts=None, n=n, from_summaries=True, split="test", seed=seed,
-                         out_dir=cell / "samples")
-    scores = evaluate(f"{ws.root}:test", samples, cell / "eval", train=f"{ws.root}:train",
-                      inception_weights=cfg.evaluate.inception_weights)
-    row = {
-        "budget": budget,
-        "seed": seed,
-        "mean_tokens": mean_tokens,
-        "run": str(run_dir),
-        "n_samples": n,
-        **quality_scores(scores),
-        "peak_train_memory_mib": run_results.get("peak_memory_bytes", math.nan) / 2**20,
-        "memory_kind": run_results.get("memory_kind"),
-        "step_time_s": run_results.get("step_time_s", math.nan),
-    }
-    write_json(result_path, row)
-    return row
-
-
-def quality_scores(scores: dict[str, Any]) -> dict[str, float]:
-    """The table's quality numbers from an eval.json; a metric that was skipped is NaN."""
-    out = {}
-    for name, keys in QUALITY.items():
-        value: Any = scores.get("metrics", {})
-        for key in keys:
-            value = value.get(key) if isinstance(value, dict) else None
-        out[name] = float(value) if isinstance(value, (int, float)) else math.nan
-    return out
+    folder = ws.ablation_dir / cell.name / f"seed-{seed}"
+    cell_cfg = cell_config(cfg, spec, cell, seed, encoder["path"])
+    key = inputs_hash(config=cell_cfg.model_dump(mode="json"), n=spec.n, split=spec.split,
+                      sample_seed=spec.sample_seed, axes=cell.axes())
+    unit = f"{cell.name}/seed-{seed}"
+    if log.done(unit, key) and (folder / "result.json").exists() and (folder / "per_image.csv").exists():
+        info(f"ablate: {unit}: done before, skipped")
+        return read_json(folder / "result.json"), pd.read_csv(folder / "per_image.csv")
+    log.mark(unit, key, "running")
+    cell_ws = ws if cell.content == "full" else content_workspace(ws, cell.content)
+    stages = ["summarize", "embed", "train", "sample", "evaluate"]
+    if cell.content != "full":
+        write_content_summaries(ws, cell_ws, cell_cfg, cell.budget, cell.content)
+        stages.remove("summarize")
+    n = images_per_cell(cell_ws, spec)
+    run_name = f"ablate-{cell.name}-seed-{seed}"
+    Pipeline(cell_ws, cell_cfg, train_process=TrainProcess(threads=spec.threads)).run(
+        stages=stages, budget=cell.budget, run_name=run_name,
+        sample=SampleSpec(n=n, out_dir=folder / "samples", seed=spec.sample_seed, split=spec.split),
+        eval_dir=folder / "eval")
+    per_image = per_image_fidelity(cell_ws, folder / "samples")
+    with atomic_path(folder / "per_image.csv") as tmp:
+        per_image.to_csv(tmp, index=False)
+    train_results = read_json(cell_ws.run_dir(run_name) / "manifest.json").get("results", {})
+    row = {"cell": cell.name, **cell.axes(), "seed": seed, "encoder_kind": encoder["kind"], "n_images": n,
+           "run": str(cell_ws.run_dir(run_name)),
+           **set_metrics(read_json(folder / "eval" / "eval.json")),
+           **{f"{m}": float(per_image[m].mean()) for m in PER_IMAGE},
+           "peak_train_memory_mib": train_results.get("peak_memory_bytes", math.nan) / 2**20,
+           "memory_kind": train_results.get("memory_kind"),
+           "step_time_s": train_results.get("step_time_s", math.nan)}
+    write_json(folder / "result.json", row)
+    log.mark(unit, key, "done", output=str(folder / "result.json"))
+    return row, per_image
 
 
-def test_tile_count(ws: Workspace, cfg: HistoSynthConfig) -> int:
+def images_per_cell(ws: Workspace, spec: GridSpec) -> int:
+    """One image per conditioning tile of the split (capped by --n): no tile drawn twice."""
     from ..slides.index import read_index
 
     index = read_index(ws)
-    n = int((index["split"] == "test").sum())
-    if n == 0:
-        raise HistosynthError(f"{ws.tile_index_path}: no test-split tiles to condition on")
-    return min(n, cfg.evaluate.n) if cfg.evaluate.n else n
+    available = int((index["split"] == spec.split).sum())
+    if available == 0:
+        raise HistosynthError(f"{ws.tile_index_path}: no {spec.split}-split tiles to condition on (--split)")
+    return min(spec.n, available) if spec.n else available
 
 
-def finished_run(run_dir: Path, steps: int) -> bool:
-    manifest = run_dir / "manifest.json"
-    if not manifest.exists():
-        return False
-    data = read_json(manifest)
-    return data.get("status") == "ok" and data.get("results", {}).get("steps") == steps
+def set_metrics(scores: dict) -> dict[str, float]:
+    """Every numeric metric of an eval.json, flattened ("stain.frechet_hed"); new metrics appear by themselves."""
+    flat: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[prefix] = float(value)
+
+    walk("", scores.get("metrics", {}))
+    return {f"eval:{k}": v for k, v in flat.items()}
 
 
-def train_in_subprocess(ws: Workspace, config_file: Path, budget: int, seed: int, run_name: str,
-                        threads: int | None = None) -> Path:
-    """`histosynth train` in a child process: its peak memory is the run's alone; resumes if interrupted."""
-    import torch
+def per_image_fidelity(ws: Workspace, samples: Path):
+    """Per generated image, its distance to the real tile whose text conditioned it.
 
-    threads = threads or torch.get_num_threads()
-    # One training process at a time, using this process's share of the cores (no oversubscription).
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-           "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "histosynth.cli", "--quiet", "train", "--workspace", str(ws.root),
-           "--budget", str(budget), "--config", str(config_file), "--name", run_name,
-           "--set", f"train.seed={seed}"]
-    info(f"budget {budget}, seed {seed}: training in a subprocess ({threads} threads)")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise HistosynthError(f"{ws.run_dir(run_name)}: training failed (exit {proc.returncode}): {tail[0]}")
-    return ws.run_dir(run_name)
+    stain_error: Euclidean distance of the mean haematoxylin/eosin/DAB optical densities
+    (`skimage.color.rgb2hed`); colour_error: of the mean RGB (0-1). Weight-free and per image, so
+    cells can be compared image by image.
+    """
+    import numpy as np
+    import pandas as pd
+    from skimage.color import rgb2hed
+
+    from ..imageio import load_rgb
+    from ..sample.generate import read_metadata
+    from ..slides.store import TileStore
+
+    records = read_metadata(samples)
+    if not records or "tile_id" not in records[0]:
+        raise HistosynthError(f"{samples}: per-image fidelity needs images conditioned on tiles (from summaries)")
+    real = TileStore(ws).get([int(r["tile_id"]) for r in records])
+
+    def describe(img) -> tuple[np.ndarray, np.ndarray]:
+        rgb = np.asarray(img)[..., :3]
+        return rgb2hed(rgb).reshape(-1, 3).mean(0), rgb.reshape(-1, 3).mean(0) / 255.0
+
+    rows = []
+    for record, tile in zip(records, real):
+        g_hed, g_rgb = describe(load_rgb(samples / record["file"]))
+        r_hed, r_rgb = describe(tile)
+        rows.append({"index": int(record["index"]), "tile_id": int(record["tile_id"]),
+                     "stain_error": float(np.linalg.norm(g_hed - r_hed)),
+                     "colour_error": float(np.linalg.norm(g_rgb - r_rgb))})
+    return pd.DataFrame(rows)
 
 
-# ---- table and plots ---------------------------------------------------------------------------
-def aggregate(rows: list[dict[str, Any]]):
-    """One row per budget: mean and standard deviation over seeds of every column (NaN-aware)."""
+# ---- encoders -----------------------------------------------------------------------------------
+def resolve_encoder(ws: Workspace, name: str) -> dict:
+    """{"path": what text.encoder gets, "kind": "real" | "random" | "given"}; random towers are made once."""
+    if name.lower() in REAL_OFFLINE_ENCODERS:
+        return {"path": name, "kind": "real"}
+    if name in RANDOM_ENCODERS:
+        folder = ws.ablation_dir / "encoders" / name
+        if not (folder / "config.json").exists():
+            make_random_encoder(name, folder)
+        return {"path": str(folder), "kind": "random"}
+    if Path(name).is_dir():
+        return {"path": str(Path(name).resolve()), "kind": "given"}
+    raise ConfigError(f"--encoders {name}: not a registry name ({', '.join(REAL_OFFLINE_ENCODERS + RANDOM_ENCODERS)}) "
+                      "nor a local folder")
+
+
+def make_random_encoder(name: str, folder: Path) -> Path:
+    """A randomly initialised text tower saved like a real one (never to be reported as trained)."""
+    from ..fileio import atomic_dir
+
+    with atomic_dir(folder) as tmp:
+        if name == "random-clip":
+            from ..text.testing import save_random_clip
+
+            save_random_clip(tmp, hidden=64, layers=2, heads=4)
+        else:  # BERT family: MiniLM's architecture and WordPiece vocabulary, random weights
+            import torch
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+            from ..tokenizers import minilm_path
+
+            config = AutoConfig.from_pretrained(minilm_path())
+            config.num_hidden_layers = 2
+            torch.manual_seed(0)
+            AutoModel.from_config(config).save_pretrained(tmp)
+            AutoTokenizer.from_pretrained(minilm_path()).save_pretrained(tmp)
+        write_json(Path(tmp) / "histosynth-random-tower.json",
+                   {"random": True, "note": "randomly initialised; supports no conclusion about a trained encoder"})
+    return folder
+
+
+# ---- summary content ----------------------------------------------------------------------------
+def content_workspace(ws: Workspace, content: str) -> Workspace:
+    """A workspace sharing tiles, reports, split, VAE and latents with `ws`, with its own summaries."""
+    derived = Workspace(ws.ablation_dir / "content" / content)
+    derived.root.mkdir(parents=True, exist_ok=True)
+    for src, dst in ((ws.tiles_dir, derived.tiles_dir), (ws.reports_dir, derived.reports_dir),
+                     (ws.vae_dir, derived.vae_dir), (ws.latents_dir, derived.latents_dir),
+                     (ws.split_path, derived.split_path), (ws.config_path, derived.config_path)):
+        if src.exists() and not dst.exists():
+            dst.symlink_to(src.resolve())
+    return derived
+
+
+def write_content_summaries(ws: Workspace, derived: Workspace, cfg: HistoSynthConfig, budget: int, content: str):
+    """The extractive summary recomposed from the findings this content ablation allows."""
     import pandas as pd
 
-    df = pd.DataFrame(rows)
-    cols = [c for c, _, _ in COLUMNS if c in df]
-    grouped = df.groupby("budget")[cols]
-    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_sd"))
-    table["n_seeds"] = df.groupby("budget")["seed"].nunique()
-    return table.reset_index().sort_values("budget")
+    from ..reports.extractive import compose, render
+    from ..reports.findings import find_findings
+    from ..reports.ingest import read_reports
+    from ..tokenizers import tokenizer_for
+
+    mode, kinds = CONTENTS[content]
+    tokenizer = tokenizer_for(cfg)
+    rows = []
+    reports = read_reports(ws)
+    for case_id, text, split in zip(reports.case_id, reports.text, reports.split):
+        found = [f for f in find_findings(text) if (f.kind in kinds) == (mode == "keep")]
+        parts, _ = compose(found, budget, tokenizer)
+        summary = render(parts)   # "" when nothing is left: the unconditional text, not a made-up finding
+        rows.append({"case_id": case_id, "budget": budget, "summary": summary, "n_tokens": tokenizer.count(summary),
+                     "tokenizer": tokenizer.name, "backend": "extractive", "model": f"content:{content}",
+                     "prompt_version": content, "attempts": 1, "status": "ok" if summary else "no-findings",
+                     "findings": parts, "split": split})
+    path = derived.summaries_path(budget)
+    with atomic_path(path) as tmp:
+        pd.DataFrame(rows).to_parquet(tmp, index=False)
+    return path
 
 
-def markdown_table(table) -> str:
-    heads = ["budget"] + [h for c, h, _ in COLUMNS if f"{c}_mean" in table] + ["seeds"]
-    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-    for _, r in table.iterrows():
-        cells = [str(int(r["budget"]))]
-        for c, _, fmt in COLUMNS:
-            if f"{c}_mean" not in table:
-                continue
-            mean, sd = r[f"{c}_mean"], r[f"{c}_sd"]
-            if math.isnan(mean):
-                cells.append("n/a")
-            elif r["n_seeds"] > 1 and not math.isnan(sd):
-                cells.append(f"{fmt.format(mean)} ± {fmt.format(sd)}")
-            else:
-                cells.append(fmt.format(mean))
-        cells.append(str(int(r["n_seeds"])))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nMean ± standard deviation over seeds; n/a: metric not computed (see each cell's eval/report.md).\n"
-
-
-def write_tables(rows: list[dict[str, Any]], table, out: Path) -> None:
+# ---- analysis -----------------------------------------------------------------------------------
+def analyse(rows: list[dict], images: list, cells: list[Cell], base: Cell, spec: GridSpec, encoders: dict,
+            out: Path) -> Path:
     import pandas as pd
 
-    from ..fileio import atomic_path
-
-    with atomic_path(out / "cells.csv") as tmp:
-        pd.DataFrame(rows).to_csv(tmp, index=False)
+    runs = pd.DataFrame(rows)
+    per_image = pd.concat(images, ignore_index=True)
+    table = summary_table(runs, per_image, cells)
+    comparisons = compare_cells(per_image, cells, base)
+    sentences = axis_sentences(comparisons, cells, base, encoders)
+    with atomic_path(out / "runs.csv") as tmp:
+        runs.to_csv(tmp, index=False)
+    with atomic_path(out / "per_image.csv") as tmp:
+        per_image.to_csv(tmp, index=False)
     with atomic_path(out / "table.csv") as tmp:
         table.to_csv(tmp, index=False)
-    write_text(out / "table.md", markdown_table(table))
+    with atomic_path(out / "comparisons.csv") as tmp:
+        comparisons.to_csv(tmp, index=False)
+    plots = plot_axes(table, cells, base, out)
+    write_json(out / "result.json", {"baseline": base.name, "test": stats.TEST_NAME, "sentences": sentences,
+                                     "comparisons": comparisons.to_dict(orient="records"),
+                                     "plots": [str(p) for p in plots]})
+    path = out / "table.md"
+    write_text(path, markdown(table, comparisons, sentences, base, encoders))
+    return path
 
 
-def plot_ablation(table, out: Path) -> list[Path]:
-    """metrics_vs_budget.png (the quality metrics that were computed) and memory_vs_budget.png."""
+def summary_table(runs, per_image, cells: list[Cell]):
+    """One row per cell: mean ± sd over seeds of every metric; bootstrap 95 % interval over images."""
+    import pandas as pd
+
+    metric_cols = [c for c in runs if c.startswith("eval:") or c in PER_IMAGE
+                   or c in ("peak_train_memory_mib", "step_time_s")]
+    out = []
+    for cell in cells:
+        sub = runs[runs["cell"] == cell.name]
+        row: dict[str, Any] = {"cell": cell.name, **cell.axes(), "encoder_kind": sub["encoder_kind"].iloc[0],
+                               "n_seeds": int(sub["seed"].nunique()), "n_images": int(sub["n_images"].sum())}
+        for col in metric_cols:
+            values = pd.to_numeric(sub[col], errors="coerce")
+            row[f"{col}_mean"] = float(values.mean())
+            row[f"{col}_sd"] = float(values.std(ddof=1)) if values.notna().sum() > 1 else math.nan
+        imgs = per_image[per_image["cell"] == cell.name]
+        for m in PER_IMAGE:
+            row[f"{m}_ci_lo"], row[f"{m}_ci_hi"] = stats.bootstrap_ci(imgs[m].tolist())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def _paired(per_image, a: str, b: str, metric: str, seed_a: int | None = None, seed_b: int | None = None):
+    """Values of cells a and b paired over (prompt index, seed rank); or two seed ranks of one cell."""
+    left = per_image[per_image["cell"] == a]
+    right = per_image[per_image["cell"] == b]
+    if seed_a is not None:
+        left, right = left[left["seed_rank"] == seed_a], right[right["seed_rank"] == seed_b]
+        on = ["index"]
+    else:
+        on = ["index", "seed_rank"]
+    merged = left.merge(right, on=on, suffixes=("_a", "_b"))
+    return merged[f"{metric}_a"].to_numpy(), merged[f"{metric}_b"].to_numpy()
+
+
+def compare_cells(per_image, cells: list[Cell], base: Cell):
+    """Every cell vs the baseline and the baseline's seeds against each other, Holm-corrected together."""
+    import pandas as pd
+
+    records = []
+    ranks = sorted(per_image.loc[per_image["cell"] == base.name, "seed_rank"].unique())
+    for metric in PER_IMAGE:
+        for i, j in itertools.combinations(ranks, 2):   # the training noise: same cell, other seed
+            a, b = _paired(per_image, base.name, base.name, metric, i, j)
+            records.append({"cell": f"{base.name} seed#{j}", "vs": f"{base.name} seed#{i}", "metric": metric,
+                            "kind": "seed-noise", **stats.wilcoxon_paired(b, a)})
+        for cell in cells:
+            if cell == base:
+                continue
+            a, b = _paired(per_image, cell.name, base.name, metric)
+            records.append({"cell": cell.name, "vs": base.name, "metric": metric, "kind": "cell",
+                            **stats.wilcoxon_paired(a, b)})
+    table = pd.DataFrame(records)
+    if table.empty:
+        return table
+    table["p_holm"] = stats.holm(table["p"].tolist())
+    noise = {m: float(table[(table["kind"] == "seed-noise") & (table["metric"] == m)]["median_diff"].abs().max())
+             if ((table["kind"] == "seed-noise") & (table["metric"] == m)).any() else math.nan for m in PER_IMAGE}
+    table["seed_noise"] = table["metric"].map(noise)
+    table["outside_noise"] = [
+        stats.outside_noise(r.p_holm, r.median_diff, None if r.kind == "seed-noise" else r.seed_noise)
+        for r in table.itertuples()]
+    return table
+
+
+def _only_differs_in(cell: Cell, base: Cell, axis: str) -> bool:
+    return all(getattr(cell, a) == getattr(base, a) for a in ("budget", "encoder", "fields", "content") if a != axis)
+
+
+AXES = ("budget", "encoder", "fields", "content")
+
+
+def axis_sentences(comparisons, cells: list[Cell], base: Cell, encoders: dict) -> dict[str, str]:
+    """Per axis with two or more values: which cells differ from the baseline outside the noise."""
+    out = {}
+    for axis in AXES:
+        along = [c for c in cells if c != base and getattr(c, axis) != getattr(base, axis)
+                 and _only_differs_in(c, base, axis)]
+        if not along:
+            continue
+        flagged, quiet = [], []
+        for cell in along:
+            rows = comparisons[(comparisons["cell"] == cell.name) & comparisons["outside_noise"]]
+            label = str(getattr(cell, axis))
+            if len(rows):
+                parts = ", ".join(f"{r.metric} {r.median_diff:+.4f} (Holm p={r.p_holm:.2g})" for r in rows.itertuples())
+                flagged.append(f"{label} ({parts})")
+            else:
+                quiet.append(label)
+        text = f"{axis} (baseline {getattr(base, axis)}): "
+        text += ("outside the noise: " + "; ".join(flagged) + ". ") if flagged else "no difference outside the noise. "
+        if quiet:
+            text += "Within the noise: " + ", ".join(quiet) + "."
+        if axis == "encoder" and any(encoders[c.encoder]["kind"] == "random" for c in along + [base]):
+            text += " Random towers: a machinery check, no conclusion about those encoders."
+        seed = comparisons[comparisons["kind"] == "seed-noise"]
+        if len(seed):
+            text += f" (Training noise: seed vs seed of the baseline, {'flagged' if seed['outside_noise'].any() else 'not flagged'}.)"
+        out[axis] = text.strip()
+    return out
+
+
+def markdown(table, comparisons, sentences: dict, base: Cell, encoders: dict) -> str:
+    lines = ["# Ablation grid", "", f"Baseline cell: `{base.name}`. Paired test: {stats.TEST_NAME}.", ""]
+    if any(e["kind"] == "random" for e in encoders.values()):
+        lines += [f"**{RANDOM_NOTE}**", ""]
+    cols = [c[:-5] for c in table if c.endswith("_mean") and not _detail(c[:-5])]
+    heads = ["cell", "encoder kind", "seeds", "images"] + cols
+    lines += ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for _, r in table.iterrows():
+        cells = [r["cell"], r["encoder_kind"], str(r["n_seeds"]), str(r["n_images"])]
+        for c in cols:
+            mean, sd = r[f"{c}_mean"], r[f"{c}_sd"]
+            text = "n/a" if math.isnan(mean) else f"{mean:.4g}" + ("" if math.isnan(sd) else f" ± {sd:.2g}")
+            if c in PER_IMAGE and not math.isnan(r[f"{c}_ci_lo"]):
+                text += f" [{r[f'{c}_ci_lo']:.4g}, {r[f'{c}_ci_hi']:.4g}]"
+            cells.append(text)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± sd over seeds; [bootstrap 95 % interval over images]; n/a: not computed "
+              "(each run's eval/report.md says why); every metric's inputs are in table.csv. stain_error, colour_error: per-image distance to the "
+              "conditioning tile (lower is better).", "", "## Paired comparisons", "",
+              "| cell | vs | metric | pairs | median diff | p | Holm p | outside noise |", "|---|---|---|---|---|---|---|---|"]
+    for r in comparisons.itertuples():
+        lines.append(f"| {r.cell} | {r.vs} | {r.metric} | {r.n_pairs} | {r.median_diff:+.4g} | {r.p:.3g} | "
+                     f"{r.p_holm:.3g} | {'yes' if r.outside_noise else 'no'} |")
+    lines += ["", "## Per axis", ""] + [f"- {s}" for s in sentences.values()]
+    return "\n".join(lines) + "\n"
+
+
+def _detail(column: str) -> bool:
+    """Columns kept in table.csv but left out of table.md (inputs of a metric, not results)."""
+    return any(part in column for part in ("mean_real", "mean_fake", "threshold", "n_train", "train.n", "test_nn"))
+
+
+def plot_axes(table, cells: list[Cell], base: Cell, out: Path) -> list[Path]:
+    """axis-<name>.png: per-image metrics (mean, 95 % interval) of the cells along each axis from the baseline."""
     from .report import _pyplot
 
     plt = _pyplot()
     paths = []
-    quality = [(c, h) for c, h, _ in COLUMNS if c in QUALITY and table[f"{c}_mean"].notna().any()]
-    figures = (("metrics_vs_budget.png", quality),
-               ("memory_vs_budget.png", [(c, h) for c, h, _ in COLUMNS if c in ("peak_train_memory_mib", "step_time_s")]))
-    for name, panels in figures:
-        if not panels:
+    for axis in AXES:
+        along = [base] + [c for c in cells if c != base and _only_differs_in(c, base, axis)
+                          and getattr(c, axis) != getattr(base, axis)]
+        if len(along) < 2:
             continue
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2), squeeze=False)
-        for ax, (col, head) in zip(axes[0], panels):
-            ax.errorbar(table["budget"], table[f"{col}_mean"], yerr=table[f"{col}_sd"].fillna(0), marker="o", capsize=3)
-            ax.set(xlabel="summary budget (tokens)", ylabel=head, xticks=list(table["budget"]))
+        rows = table.set_index("cell").loc[[c.name for c in along]]
+        fig, axes = plt.subplots(1, len(PER_IMAGE), figsize=(3.8 * len(PER_IMAGE), 3.2), squeeze=False)
+        labels = [str(getattr(c, axis)) for c in along]
+        for ax, metric in zip(axes[0], PER_IMAGE):
+            mean = rows[f"{metric}_mean"].to_numpy()
+            lo = mean - rows[f"{metric}_ci_lo"].fillna(rows[f"{metric}_mean"]).to_numpy()
+            hi = rows[f"{metric}_ci_hi"].fillna(rows[f"{metric}_mean"]).to_numpy() - mean
+            ax.errorbar(range(len(labels)), mean, yerr=[lo, hi], marker="o", capsize=3, linestyle="none")
+            ax.set(xticks=range(len(labels)), xlabel=axis, ylabel=f"{metric} (95 % CI)")
+            ax.set_xticklabels(labels, rotation=20, fontsize=7)
         fig.tight_layout()
-        fig.savefig(out / name, dpi=100)
+        path = out / f"axis-{axis}.png"
+        fig.savefig(path, dpi=100)
         plt.close(fig)
-        paths.append(out / name)
+        paths.append(path)
     return paths

@@ -23,25 +23,44 @@ def demo(
     run_demo(out, slides=slides or None, reports=reports, preset=preset, overrides=overrides)
 
 
+def _csv(option: str, value: Optional[str], cast=str) -> Optional[list]:
+    from ..config import ConfigError
+
+    if value is None:
+        return None
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"{option} {value}: expected a comma-separated list, e.g. 20,35") from None
+
+
 def ablate(
     workspace: Path = WorkspaceOpt,
-    budgets: str = typer.Option("20,35,50,154", "--budgets", help="Comma-separated summary budgets (tokens)."),
-    seeds: int = typer.Option(1, "--seeds", help="Training seeds per budget (0 .. N-1)."),
-    n_samples: Optional[int] = typer.Option(None, "--n", help="Generated images per run (default: one per test tile)."),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="YAML file with the axes (flags given here win)."),
+    budgets: Optional[str] = typer.Option(None, "--budgets", help="Comma-separated summary budgets (tokens)."),
+    encoders: Optional[str] = typer.Option(None, "--encoders", help="Text encoders: minilm, random-clip, random-bert or folders."),
+    fields: Optional[str] = typer.Option(None, "--fields", help="Condition templates: summary, summary+tumor-til, summary+descriptors, descriptors, none."),
+    contents: Optional[str] = typer.Option(None, "--contents", help="Summary content: full, no-type, no-grade, no-architecture, type-only."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Training seeds: a count N (0..N-1) or a comma-separated list."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="Baseline cell name (default: the first value of every axis)."),
+    n_samples: Optional[int] = typer.Option(None, "--n", help="Images per cell and seed (default: one per split tile)."),
+    split: Optional[str] = typer.Option(None, "--split", help="Split whose tiles condition the images (default test)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per training process (default 1)."),
     preset: Optional[str] = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     overrides: list[str] = SetOpt,
 ) -> None:
-    """The token-budget ablation: per budget summarize, embed, train (own process), sample, evaluate."""
-    from ..config import ConfigError
-    from .ablate import run_ablation
+    """The ablation grid: budgets x encoders x fields x contents x seeds, each cell trained in its own process."""
+    from .ablate import load_grid, run_grid
 
-    try:
-        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
-    except ValueError:
-        raise ConfigError(f"--budgets {budgets}: expected comma-separated integers, e.g. 20,35,50") from None
+    seed_list = _csv("--seeds", seeds, int)
+    if seed_list is not None and len(seed_list) == 1 and "," not in (seeds or ""):
+        seed_list = list(range(seed_list[0]))  # `--seeds 3` means seeds 0, 1, 2
+    spec = load_grid(grid, budgets=_csv("--budgets", budgets, int), encoders=_csv("--encoders", encoders),
+                     fields=_csv("--fields", fields), contents=_csv("--contents", contents), seeds=seed_list,
+                     baseline=baseline, n=n_samples, split=split, threads=threads)
     ws, cfg = workspace_config(workspace, preset, config, overrides)
-    run_ablation(ws, cfg, budget_list, seeds=seeds, preset=preset, overrides=overrides, n_samples=n_samples)
+    typer.echo(run_grid(ws, cfg, spec, preset=preset, overrides=overrides))
 
 
 def register(app: typer.Typer) -> None:

@@ -105,23 +105,14 @@ def captions_for(sources: dict[str, tuple[Path, str]]) -> dict[str, str]:
 
 
 def build_workspace(root: Path, sources: dict[str, tuple[Path, str]], overrides: Sequence[str]):
-    """Tile, ingest, summarize, embed, train the VAE and encode; returns (ws, cfg)."""
-    from ..latents.encode import encode_workspace
-    from ..latents.vae import train_vae
-    from ..reports.ingest import ingest_reports
-    from ..reports.summarize import summarize_workspace
-    from ..slides.tiler import tile_slides
-    from ..text.embed import embed_workspace
+    """Tile, ingest, summarize, embed, train the VAE and encode (the pipeline runner); returns (ws, cfg)."""
+    from .runner import Pipeline
 
     ws = Workspace(root)
     cfg = ws.ensure_config(preset="tiny-cpu", overrides=[*overrides, "split.test_fraction=0.0"])
     reports = write_reports(root / "reports.csv", captions_for(sources))
-    tile_slides(ws, cfg, [path for path, _ in sources.values()])
-    ingest_reports(ws, cfg, reports)
-    summarize_workspace(ws, cfg, cfg.summaries.budget)
-    embed_workspace(ws, cfg, cfg.summaries.budget)
-    train_vae(ws, cfg)
-    encode_workspace(ws, cfg)
+    Pipeline(ws, cfg, slides=[path for path, _ in sources.values()], reports=reports).run(
+        stages=["tile", "reports", "summarize", "embed", "train-vae", "encode"])
     return ws, cfg
 
 
@@ -178,7 +169,7 @@ def real_tile_auroc(ws: Workspace, sources: dict[str, tuple[Path, str]]) -> floa
 def run_conditioning_check(out: str | Path, he_slide: str | Path, n: int = 48,
                            overrides: Sequence[str] = ()) -> dict:
     """The conditioned model and the shuffled-caption control, scored; writes OUT/conditioning.json."""
-    from ..train.trainer import train
+    from .runner import Pipeline
 
     out = Path(out)
     sources = make_sources(out, Path(he_slide))
@@ -186,11 +177,14 @@ def run_conditioning_check(out: str | Path, he_slide: str | Path, n: int = 48,
     budget = cfg.summaries.budget
     prompts = caption_prompts(ws, budget, sources)
     result = {"real_tiles_auroc": real_tile_auroc(ws, sources), "prompts": prompts}
-    run = train(ws, cfg, budget, run_name="conditioned")
+    pipe = Pipeline(ws, cfg)
+    pipe.run(stages=["train"], run_name="conditioned")
+    run = ws.run_dir("conditioned")
     result["conditioned"] = score_prompts(run, prompts, n, out / "samples-conditioned")
     # Same data, VAE, latents, seeds and steps; only the tile -> caption pairing is random.
     shuffle_tile_captions(ws, cfg)
-    run = train(ws, cfg, budget, run_name="shuffled")
+    pipe.run(stages=["train"], run_name="shuffled")
+    run = ws.run_dir("shuffled")
     result["shuffled"] = score_prompts(run, prompts, n, out / "samples-shuffled")
     write_json(out / "conditioning.json", result)
     return result
