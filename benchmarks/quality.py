@@ -128,26 +128,6 @@ def data_path(name: str) -> Path:
         return path
 
 
-def region_split(ws, test_share: float = 0.3) -> dict:
-    """Tiles whose left edge lies right of a grid line are test, the rest train: whole tiles on each
-    side, no pixel shared (overlap 0). The descriptor bins are then refitted on the new training tiles."""
-    import numpy as np
-
-    from histosynth.fileio import atomic_path
-    from histosynth.slides.index import add_levels, read_index
-
-    index = read_index(ws)
-    xs = np.sort(index["x"].unique())
-    line = xs[min(len(xs) - 1, int(np.searchsorted(np.cumsum(index["x"].value_counts().sort_index().to_numpy()),
-                                                    (1 - test_share) * len(index))) + 1)]
-    index["split"] = np.where(index["x"] >= line, "test", "train")
-    index = add_levels(ws, index.drop(columns=[c for c in index.columns if c.startswith("level_")]))
-    with atomic_path(ws.tile_index_path) as tmp:
-        index.to_parquet(tmp, index=False)
-    return {"rule": f"x >= {int(line)} (level-0 px) is test", "train": int((index["split"] == "train").sum()),
-            "test": int((index["split"] == "test").sum())}
-
-
 def subsample(ws, max_tiles: int, seed: int = 0) -> None:
     """--quick: keep a few tiles of each split (the index only; pixels stay where they are)."""
     import pandas as pd
@@ -198,7 +178,7 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     from histosynth.experiments.demo import StageClock
     from histosynth.experiments.quality import (balanced_prompts, class_condition, condition_grid,
                                                 descriptor_condition, evaluate_conditioning, generate,
-                                                prepare_text, run_tile_texts)
+                                                prepare_text, region_split, run_tile_texts)
     from histosynth.latents.encode import encode_workspace
     from histosynth.latents.vae import train_vae
     from histosynth.slides.tiler import tile_slides

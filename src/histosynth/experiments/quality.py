@@ -85,6 +85,11 @@ def generate(run_dir: Path, requests: list[dict], out_dir: Path, *, sampler: str
 
     folder = sample_run(run_dir, prompts=[r["prompt"] for r in requests], n=len(requests), sampler=sampler,
                         steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, out_dir=out_dir)
+    return write_requests(folder, requests)
+
+
+def write_requests(folder: Path, requests: list[dict]) -> Path:
+    """requests.json beside the images: what image i's prompt requested (metadata.jsonl has the prompt)."""
     write_json(folder / "requests.json", requests)
     return folder
 
@@ -131,30 +136,57 @@ def condition_grid(ws, index, condition: Condition, folder: Path, png: Path, val
     return condition_grid_png(rows, png, per_side=per_side, title=title)
 
 
+def region_split(ws, test_share: float = 0.3) -> dict:
+    """Tiles whose left edge lies right of a grid line are test, the rest train: whole tiles on each
+    side, no pixel shared (overlap 0). The descriptor bins are then refitted on the new training tiles."""
+    from ..fileio import atomic_path
+    from ..slides.index import add_levels, read_index
+
+    index = read_index(ws)
+    counts = index["x"].value_counts().sort_index()          # tiles per grid column, left to right
+    first_test = int(np.searchsorted(np.cumsum(counts.to_numpy()), (1 - test_share) * len(index))) + 1
+    line = counts.index[min(first_test, len(counts) - 1)]
+    index["split"] = np.where(index["x"] >= line, "test", "train")
+    index = add_levels(ws, index.drop(columns=[c for c in index.columns if c.startswith("level_")]))
+    with atomic_path(ws.tile_index_path) as tmp:
+        index.to_parquet(tmp, index=False)
+    return {"rule": f"x >= {int(line)} (level-0 px) is test", "train": int((index["split"] == "train").sum()),
+            "test": int((index["split"] == "test").sum())}
+
+
 # ---- condition text without reports ----------------------------------------------------------------
-def prepare_text(ws, cfg, budget: int, csv_path: Path) -> None:
-    """Make `embed` possible for a workspace without pathology reports.
+NEUTRAL_REPORT = "H&E tissue."
 
-    A template without {summary} (descriptor words only) reads no summary, but `embed` still wants
-    the summaries file: give every case a neutral one-line report, which the template then ignores."""
-    from ..reports.ingest import ingest_reports
-    from ..reports.summarize import summarize_workspace
-    from ..slides.index import read_index
-    from ..text.condition import SUMMARY_FIELD
 
-    if "{" + SUMMARY_FIELD + "}" in cfg.text.template and class_column(read_index(ws)) is None:
-        raise HistosynthError(f"text.template '{cfg.text.template}' needs report summaries; this workspace has none")
-    if ws.summaries_path(budget).exists():
-        return
+def write_captions(ws, csv_path: Path) -> Path:
+    """A reports file for a workspace without pathology reports, so that `reports`, `summarize` and
+    `embed` run as for slides with reports: every case gets one neutral line. Templates without
+    {summary} (descriptor words) never read it."""
     import csv
+    import io
+
+    from ..fileio import atomic_path
+    from ..slides.index import read_index
 
     cases = sorted(read_index(ws)["case_id"].astype(str).unique())
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["patient_filename", "text", "patient_id"])
-        writer.writeheader()
-        writer.writerows({"patient_filename": c, "text": "H&E tissue.", "patient_id": c} for c in cases)
-    ingest_reports(ws, cfg, csv_path)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["patient_filename", "text", "patient_id"])
+    writer.writeheader()
+    writer.writerows({"patient_filename": c, "text": NEUTRAL_REPORT, "patient_id": c} for c in cases)
+    with atomic_path(csv_path) as tmp:
+        tmp.write_text(buf.getvalue())
+    return csv_path
+
+
+def prepare_text(ws, cfg, budget: int, csv_path: Path) -> None:
+    """`reports` + `summarize` on `write_captions`' file (see there)."""
+    from ..reports.ingest import ingest_reports
+    from ..reports.summarize import summarize_workspace
+    from ..text.condition import SUMMARY_FIELD
+
+    if "{" + SUMMARY_FIELD + "}" in cfg.text.template:
+        raise HistosynthError(f"text.template '{cfg.text.template}' reads report summaries; this workspace has none")
+    ingest_reports(ws, cfg, write_captions(ws, csv_path))
     summarize_workspace(ws, cfg, budget)
 
 

@@ -7,6 +7,8 @@ any stage. The dict's keys:
     stages:   [{name, status ("ran" | "resumed"), wall_time_s, rss_peak_bytes, rss_peak_above_baseline_bytes}]
     metrics:  {"computed": {name: value}, "skipped": {name: reason}}
     images:   {"overview": png, "loss_curve": png, "prompts": [{"prompt": str, "image": png}]}
+    conditioning (optional): {"grid": png, "explanation": str,
+                              "rows": [{metric, generated, control, reference}] (quality.table_rows)}
     notes:    [str]
 """
 
@@ -68,6 +70,7 @@ def render_html(results: dict[str, Any]) -> str:
     for note in results.get("notes", []):
         parts.append(f"<p>{esc(note)}</p>")
 
+    parts += conditioning_html(results.get("conditioning"))
     images = results.get("images", {})
     if images.get("overview"):
         parts += ["<h2>Real vs generated</h2>", _img_tag(images["overview"], "real vs generated tiles")]
@@ -112,6 +115,24 @@ def render_html(results: dict[str, Any]) -> str:
         )
     parts += ["</table>", "</body></html>"]
     return "\n".join(parts)
+
+
+def conditioning_html(cond: dict | None) -> list[str]:
+    """The conditioning at work: real vs generated per requested condition, fidelity with its control."""
+    if not cond:
+        return []
+    esc = html.escape
+    parts = ["<h2>Conditioning at work</h2>", f"<p>{esc(cond.get('explanation', ''))}</p>"]
+    if cond.get("grid"):
+        parts.append(_img_tag(cond["grid"], "real vs generated tiles per requested condition"))
+    rows = cond.get("rows") or []
+    if rows:
+        parts.append("<table><tr><th>metric</th><th>generated [95% CI]</th><th>control [95% CI]</th>"
+                     "<th>reference</th></tr>")
+        parts += [f"<tr><td>{esc(r['metric'])}</td><td>{esc(r['generated'])}</td><td>{esc(r['control'])}</td>"
+                  f"<td>{esc(r['reference'])}</td></tr>" for r in rows]
+        parts.append("</table>")
+    return parts
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
