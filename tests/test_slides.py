@@ -178,8 +178,8 @@ def test_bad_inputs_fail_clearly_and_others_continue(real_slide, sample_dir, tmp
     index = read_index(Workspace(ws_dir))
     assert set(index["slide_id"]) == {"good"} and len(index) > 0
 
-    ws, cfg = make_ws(ws_dir, "slides.assume_mpp=0.5")   # the slide without metadata, with --assume-mpp
-    summary = tile_slides(ws, cfg, [folder / "no-mpp.tiff"])
+    ws, cfg = make_ws(ws_dir)   # the slide without metadata, with --assume-mpp
+    summary = tile_slides(ws, cfg, [folder / "no-mpp.tiff"], assume_mpp=0.5)
     assert summary["failed"] == {} and set(read_index(ws)["slide_id"]) == {"good", "no-mpp"}
 
 

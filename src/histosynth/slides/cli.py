@@ -26,7 +26,8 @@ def parse_shard(text: Optional[str]) -> Optional[tuple[int, int]]:
 
 
 def tile(
-    slides: List[Path] = typer.Argument(..., help="Slide files or folders (any format OpenSlide reads)."),
+    slides: List[Path] = typer.Argument(..., help="Slides (any format OpenSlide reads), plain PNG/JPEG/TIFF images, "
+                                        "folders of them (class sub-folders label tiles), or a CSV path,caption[,case_id]."),
     workspace: Path = WorkspaceOpt,
     preset: Optional[str] = PresetOpt,
     config: Optional[Path] = ConfigOpt,
@@ -36,7 +37,7 @@ def tile(
     overlap: Optional[int] = typer.Option(None, "--overlap", help="Pixels shared by neighbouring tiles."),
     min_tissue: Optional[float] = typer.Option(None, "--min-tissue", help="Keep tiles with this tissue share or more."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Slides tiled in parallel (processes)."),
-    assume_mpp: Optional[float] = typer.Option(None, "--assume-mpp", help="Level-0 um/px, for slides without it."),
+    assume_mpp: Optional[float] = typer.Option(None, "--assume-mpp", help="Level-0 um/px of this run's slides and images that carry no scale (not saved)."),
     scores: Optional[Path] = typer.Option(None, "--scores", help="Folder of wsinfer per-slide CSVs to join."),
     sample_types: Optional[str] = typer.Option(None, "--sample-types", help="TCGA sample types to keep: 01 or 01,11."),
     slide_types: Optional[str] = typer.Option(None, "--slide-types", help="TCGA slide types to keep: DX or TS,BS."),
@@ -47,11 +48,16 @@ def tile(
     from ..options import workspace_config
     from .tiler import tile_slides
 
+    from ..config import ConfigError
+
     flags = {"mpp": mpp, "size": size, "overlap": overlap, "min_tissue": min_tissue, "workers": workers,
-             "assume_mpp": assume_mpp, "sample_types": _list(sample_types), "slide_types": _list(slide_types)}
+             "sample_types": _list(sample_types), "slide_types": _list(slide_types)}
     extra = [f"slides.{k}={v}" for k, v in flags.items() if v is not None]
+    if assume_mpp is not None and not (0 < assume_mpp < float("inf")):
+        raise ConfigError(f"--assume-mpp {assume_mpp}: must be a positive number of um per pixel")
     ws, cfg = workspace_config(workspace, preset, config, list(overrides) + extra)
-    summary = tile_slides(ws, cfg, slides, scores_dir=scores, shard=parse_shard(shard))
+    # --assume-mpp is this run's guess, recorded per slide; never saved into the workspace config
+    summary = tile_slides(ws, cfg, slides, scores_dir=scores, shard=parse_shard(shard), assume_mpp=assume_mpp)
     info(f"{summary['tiled']} slides tiled ({summary['new_tiles']} tiles), {summary['skipped_finished']} already "
          f"done, {len(summary['failed'])} failed, {len(summary['filtered_out'])} filtered out")
     if summary.get("total_tiles") is not None:

@@ -17,16 +17,14 @@ from ..console import HistosynthError, info, warn
 from ..fileio import atomic_path, write_json
 from ..workspace import Workspace
 from .descriptors import DESCRIPTORS, column
-from .scores import scores_dir
-from .tiler import slides_dir, thumbnails_dir
 
 COLUMNS = ("tile_id", "slide_id", "case_id", "sample_type", "slide_type", "x", "y", "mpp", "size",
-           "tissue", "file", "row", "split", "mpp_source")
+           "tissue", "file", "row", "split", "mpp_source", "source", "label", "caption")
 DESC_COLUMNS = [column(name) for name in DESCRIPTORS]   # desc_<name>, docs/architecture.md
 
 
 def finished_slides(ws: Workspace) -> list[Path]:
-    return sorted(p for p in slides_dir(ws).glob("*.h5") if not p.name.startswith("."))
+    return sorted(p for p in ws.slides_dir.glob("*.h5") if not p.name.startswith("."))
 
 
 def slide_frame(ws: Workspace, path: Path):
@@ -36,6 +34,8 @@ def slide_frame(ws: Workspace, path: Path):
     with h5py.File(path, "r") as f:
         coords, attrs = f["coords"][:], dict(f["coords"].attrs)
         tissue = f["tissue"][:]
+        per_tile = {key: f[f"tile_{key}"].asstr()[:] for key in ("source", "label", "caption", "case_id")
+                    if f"tile_{key}" in f}    # tile datasets (images.py)
         group = f.get("descriptors")
         desc = {column(name): (group[name][:] if group is not None and name in group else np.nan)
                 for name in DESCRIPTORS}
@@ -53,9 +53,14 @@ def slide_frame(ws: Workspace, path: Path):
         "file": str(path.relative_to(ws.root)),
         "row": np.arange(n, dtype=np.int64),
         "mpp_source": str(attrs.get("mpp_source", "")),
+        "source": per_tile.get("source", path.stem),
+        "label": per_tile.get("label", ""),
+        "caption": per_tile.get("caption", ""),
         **desc,
     })
-    scores = scores_dir(ws) / f"{path.stem}.parquet"
+    if "case_id" in per_tile:
+        frame["case_id"] = per_tile["case_id"]
+    scores = ws.scores_dir / f"{path.stem}.parquet"
     if scores.exists():
         frame = frame.merge(pd.read_parquet(scores), on="row", how="left")
     return frame
@@ -66,7 +71,7 @@ def build_index(ws: Workspace, cfg: HistoSynthConfig):
 
     files = finished_slides(ws)
     if not files:
-        raise HistosynthError(f"{slides_dir(ws)}: no tiled slides; run `histosynth tile` first")
+        raise HistosynthError(f"{ws.slides_dir}: no tiled slides; run `histosynth tile` first")
     index = pd.concat([slide_frame(ws, p) for p in files], ignore_index=True)
     index.insert(0, "tile_id", np.arange(len(index), dtype=np.int64))
     if index[["mpp", "size"]].drop_duplicates().shape[0] > 1:
@@ -127,15 +132,15 @@ def merge_workspaces(ws: Workspace, cfg: HistoSynthConfig, parts: list[Path]) ->
     for part in map(Workspace, parts):
         if part.root.resolve() == ws.root.resolve():
             continue
-        if not slides_dir(part).is_dir():
-            raise HistosynthError(f"{slides_dir(part)}: not a tiled workspace")
+        if not part.slides_dir.is_dir():
+            raise HistosynthError(f"{part.slides_dir}: not a tiled workspace")
         for h5 in finished_slides(part):
-            target = slides_dir(ws) / h5.name
+            target = ws.slides_dir / h5.name
             if target.exists():
                 present += 1
                 continue
-            for src, dst_dir in ((scores_dir(part) / f"{h5.stem}.parquet", scores_dir(ws)),
-                                 (thumbnails_dir(part) / f"{h5.stem}.png", thumbnails_dir(ws)), (h5, slides_dir(ws))):
+            for src, dst_dir in ((part.scores_dir / f"{h5.stem}.parquet", ws.scores_dir),
+                                 (part.thumbnails_dir / f"{h5.stem}.png", ws.thumbnails_dir), (h5, ws.slides_dir)):
                 if src.exists():  # the .h5 last: once it is there, its companions are too
                     with atomic_path(dst_dir / src.name) as tmp:
                         shutil.copyfile(src, tmp)

@@ -60,11 +60,16 @@ def find_slides(inputs: list[Path]) -> list[Path]:
 
 
 def open_slide(path: Path):
+    """OpenSlide for whole-slide images; a plain PNG/JPEG/TIFF (e.g. a strip TIFF) as an ImageSlide."""
     import openslide
+
+    from .images import ImageSlide, image_size
 
     try:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
+        if path.stat().st_size and image_size(path) is not None:
+            return ImageSlide(path)
         raise HistosynthError(f"{path}: {why_unreadable(path)}") from None
     except openslide.OpenSlideError as exc:
         raise HistosynthError(f"{path}: unreadable slide, truncated or corrupt? ({exc})") from None
@@ -78,7 +83,8 @@ def why_unreadable(path: Path) -> str:
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic in (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+"):  # TIFF / BigTIFF, the base of most slide formats
-        return f"a TIFF file ({size} bytes) that OpenSlide cannot open: truncated or corrupt"
+        return (f"a TIFF file ({size} bytes) that neither OpenSlide (whole-slide formats) nor tifffile "
+                "(plain TIFFs) can read: truncated or corrupt")
     return "not a slide (OpenSlide does not recognise the format)"
 
 

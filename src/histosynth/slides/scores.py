@@ -20,10 +20,6 @@ from .reader import SlideMeta
 POSITION = ("minx", "miny", "width", "height")
 
 
-def scores_dir(ws: Workspace) -> Path:
-    return ws.tiles_dir / "scores"
-
-
 def read_wsinfer_csv(path: Path):
     import pandas as pd
 
@@ -76,14 +72,13 @@ def join_slide_scores(h5_path: Path, csv_path: Path):
 def join_scores(ws: Workspace, metas: list[SlideMeta], source: Path) -> int:
     """Join `source/<slide_id>.csv` onto every tiled slide; returns how many slides got scores."""
     from ..fileio import atomic_path
-    from .tiler import slides_dir
 
     source = Path(source)
     if not source.is_dir():
         raise HistosynthError(f"{source}: --scores must be a folder of wsinfer per-slide CSVs")
     joined = 0
     for meta in metas:
-        h5_path = slides_dir(ws) / f"{meta.slide_id}.h5"
+        h5_path = ws.slides_dir / f"{meta.slide_id}.h5"
         csv_path = source / f"{meta.slide_id}.csv"
         if not h5_path.exists():
             continue
@@ -91,7 +86,7 @@ def join_scores(ws: Workspace, metas: list[SlideMeta], source: Path) -> int:
             warn(f"{meta.slide_id}: no scores CSV {csv_path.name} in {source}")
             continue
         frame = join_slide_scores(h5_path, csv_path)
-        with atomic_path(scores_dir(ws) / f"{meta.slide_id}.parquet") as tmp:
+        with atomic_path(ws.scores_dir / f"{meta.slide_id}.parquet") as tmp:
             frame.to_parquet(tmp, index=False)
         joined += 1
     return joined

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import HistoSynthConfig, SlidesConfig
-from ..console import HistosynthError, error, info, make_progress
+from ..console import HistosynthError, error, info, make_progress, warn
 from ..fileio import atomic_path
 from ..manifest import recording
 from ..workspace import Workspace
-from .reader import SlideMeta, best_level, find_slides, level0_mpp, open_slide, slide_meta
+from .reader import SlideMeta, best_level, level0_mpp, open_slide, slide_meta
 from .tissue import tile_fractions, tissue_fraction, tissue_mask
 
 TISSUE_RULE = 2               # version of the tissue rule (tissue.py); slides tiled by another are redone
@@ -56,14 +56,6 @@ class Grid:
     @property
     def resize(self) -> bool:
         return abs(self.scale / self.downsample - 1) > 1e-9
-
-
-def slides_dir(ws: Workspace) -> Path:
-    return ws.tiles_dir / "slides"
-
-
-def thumbnails_dir(ws: Workspace) -> Path:
-    return ws.tiles_dir / "thumbnails"
 
 
 # ---- one slide -----------------------------------------------------------------------------------
@@ -274,9 +266,9 @@ def tile_slide(meta: SlideMeta, ws_root: str, cfg: SlidesConfig, on_tiles=None) 
         if not candidates.any():
             raise HistosynthError(f"{meta.path}: no tile has at least {cfg.min_tissue:.0%} tissue "
                                   f"(best {grid.tissue.max():.0%} of {len(grid.coords)} grid cells)")
-        out = slides_dir(ws) / f"{meta.slide_id}.h5"
+        out = ws.slides_dir / f"{meta.slide_id}.h5"
         keep = write_slide(out, slide, meta, grid, candidates, cfg, mpp0, mpp_source, on_tiles)
-        save_qa_thumbnail(thumbnails_dir(ws) / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
+        save_qa_thumbnail(ws.thumbnails_dir / f"{meta.slide_id}.png", slide, overview, grid, keep, meta)
         tissue = read_tissue(out)
     finally:
         slide.close()
@@ -316,19 +308,57 @@ def _single_threaded_worker() -> None:
 
 # ---- many slides ---------------------------------------------------------------------------------
 
-def is_finished(path: Path, cfg: SlidesConfig) -> bool:
-    """A complete .h5 made with the current grid settings."""
+def retile_reason(path: Path, cfg: SlidesConfig, level0: tuple[float, str] | None,
+                  fingerprint: str | None = None) -> str | None:
+    """Why the slide at `path` (its .h5) must be tiled now, or None when it is finished with the
+    current settings: same target mpp, tile size, overlap, tissue threshold and rule, same level-0
+    scale (`level0`: (mpp, source) as found now; None when it cannot be known now, as for a slide
+    tiled with a guessed scale and no --assume-mpp this time), same dataset listing."""
     import h5py
 
     if not path.exists():
-        return False
+        return "new"
     try:
         with h5py.File(path, "r") as f:
-            attrs = f["coords"].attrs
-            return all(np.isclose(attrs[k], getattr(cfg, k)) for k in ("mpp", "overlap", "min_tissue")) \
-                and int(attrs["patch_size"]) == cfg.size
+            attrs = dict(f["coords"].attrs)
     except (OSError, KeyError):
-        return False
+        return "unreadable tile file"
+    changes = []
+    if not np.isclose(attrs["mpp"], cfg.mpp) or int(attrs["patch_size"]) != cfg.size:
+        changes.append(f"tiles were {int(attrs['patch_size'])} px at {float(attrs['mpp']):g} um/px, "
+                       f"now {cfg.size} px at {cfg.mpp:g}")
+    if int(attrs["overlap"]) != cfg.overlap:
+        changes.append(f"overlap {int(attrs['overlap'])} -> {cfg.overlap}")
+    if attrs.get("kind") != "tile-dataset" and not np.isclose(attrs["min_tissue"], cfg.min_tissue):
+        changes.append(f"min tissue {float(attrs['min_tissue']):g} -> {cfg.min_tissue:g}")
+    if int(attrs.get("tissue_rule", 1)) != TISSUE_RULE:
+        changes.append("tiled with an older tissue rule")
+    if level0 is not None and not np.isclose(float(attrs["level0_mpp"]), level0[0]):
+        changes.append(f"scale {float(attrs['level0_mpp']):g} um/px ({attrs.get('mpp_source', '?')}) -> "
+                       f"{level0[0]:g} ({level0[1]})")
+    if fingerprint is not None and attrs.get("fingerprint") != fingerprint:
+        changes.append("its images changed")
+    return "; ".join(changes) or None
+
+
+def current_scale(meta: SlideMeta, assume_mpp: float | None) -> tuple[float, str] | None:
+    """The slide's level-0 (mpp, source) as this run would use it; None if it has no scale of its
+    own and no --assume-mpp was given (an already tiled slide then stays as it is)."""
+    try:
+        slide = open_slide(meta.path)
+    except HistosynthError:
+        return None
+    try:
+        return level0_mpp(slide, meta.path, assume_mpp)
+    except HistosynthError:
+        return None
+    finally:
+        slide.close()
+
+
+def is_finished(path: Path, cfg: SlidesConfig) -> bool:
+    """A complete .h5 made with the current grid settings (scale not checked)."""
+    return retile_reason(path, cfg, None) is None
 
 
 def select_slides(paths: list[Path], cfg: SlidesConfig,
@@ -349,33 +379,92 @@ def select_slides(paths: list[Path], cfg: SlidesConfig,
     return kept, skipped
 
 
-def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores_dir: Path | None = None,
-                shard: tuple[int, int] | None = None) -> dict:
-    """Tile slides (files or folders) into the workspace, then rebuild the tile index.
+def find_inputs(inputs: list[Path]) -> tuple[list[Path], list]:
+    """(slide files, tile datasets) of the inputs: a CSV is a tile dataset with captions; a folder's
+    small plain images form one tile dataset (images.py); everything else is a slide."""
+    from .images import classify_folder, dataset_from_folder, read_caption_csv
+    from .reader import SLIDE_SUFFIXES
 
+    slides: set[Path] = set()
+    datasets = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            found, tiles = classify_folder(item, SLIDE_SUFFIXES)
+            slides.update(found)
+            if tiles:
+                datasets.append(dataset_from_folder(item, tiles))
+        elif item.is_file() and item.suffix.lower() == ".csv":
+            datasets.append(read_caption_csv(item))
+        elif item.exists():
+            slides.add(item)
+        else:
+            raise HistosynthError(f"{item}: no such file or folder")
+    if not slides and not datasets:
+        raise HistosynthError(f"{', '.join(map(str, inputs))}: no slides or images found "
+                              f"(looked for {' '.join(SLIDE_SUFFIXES)} .png .jpg .jpeg, or a tile CSV)")
+    ids: dict[str, Path] = {}
+    for name, origin in [(p.stem, p) for p in sorted(slides)] + [(d.dataset_id, d.root) for d in datasets]:
+        if name in ids:
+            raise HistosynthError(f"{origin}: same slide id '{name}' as {ids[name]}; rename one of them")
+        ids[name] = origin
+    return sorted(slides), datasets
+
+
+def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores_dir: Path | None = None,
+                shard: tuple[int, int] | None = None, assume_mpp: float | None = None) -> dict:
+    """Tile slides, plain images and tile datasets (files or folders) into the workspace, then
+    rebuild the tile index.
+
+    `assume_mpp` is this run's guess of the level-0 scale of inputs that carry none: it is recorded
+    per slide (HDF5 `mpp_source`, index `mpp_source`), never saved into the workspace config. A
+    slide whose scale, tile size or target mpp changed since it was tiled is tiled again, and the
+    run says why. One `tile` at a time per workspace (an OS lock; a second run names the holder).
     Returns a summary: counts, per-slide statistics, and `failed` ({slide: one-line reason}).
     With `shard=(k, n)` only the k-th of n slide subsets is tiled and the index is left to
     `histosynth tile-merge`, so that parallel jobs never write the same file.
     """
+    from ..locks import stage_lock
     from .index import finished_slides, write_index
     from .scores import join_scores
 
-    scfg = cfg.slides
+    if cfg.slides.assume_mpp is not None:
+        warn(f"slides.assume_mpp={cfg.slides.assume_mpp} in the workspace config is ignored: a guessed "
+             "scale applies to one run only; pass --assume-mpp to the run that needs it")
+    scfg = cfg.slides.model_copy(update={"assume_mpp": assume_mpp})   # in memory only, never saved
     manifest_name = "manifest.json" if shard is None else f"manifest-shard-{shard[0]}-of-{shard[1]}.json"
-    with recording("tile", ws.tiles_dir, config=cfg, seeds={"split": cfg.split.seed},
-                   filename=manifest_name) as manifest:
-        metas, filtered = select_slides(find_slides(slides), scfg, shard)
+    with stage_lock(ws.lock_path("tile"), "tile"), \
+            recording("tile", ws.tiles_dir, config=cfg, seeds={"split": cfg.split.seed},
+                      filename=manifest_name) as manifest:
+        manifest.results["assume_mpp"] = assume_mpp
+        slide_paths, datasets = find_inputs(slides)
+        metas, filtered = select_slides(slide_paths, scfg, shard)
+        if shard is not None:
+            datasets = datasets[shard[0]::shard[1]]
         for meta in metas:
             manifest.add_input(meta.path, name=meta.slide_id)  # sha256, or size + ends for big slides
-        todo = [m for m in metas if not is_finished(slides_dir(ws) / f"{m.slide_id}.h5", scfg)]
-        info(f"{len(metas)} slides: {len(metas) - len(todo)} already tiled, {len(todo)} to tile"
+        todo, datasets_todo = [], []
+        for meta in metas:
+            reason = retile_reason(ws.slide_path(meta.slide_id), scfg, current_scale(meta, assume_mpp))
+            if reason is not None:
+                todo.append(meta)
+                if reason != "new":
+                    info(f"{meta.slide_id}: tiled before with other settings ({reason}): tiling again")
+        for spec in datasets:
+            level0 = (assume_mpp, "assumed") if assume_mpp else None
+            reason = retile_reason(ws.slide_path(spec.dataset_id), scfg, level0, spec.fingerprint())
+            if reason is not None:
+                datasets_todo.append(spec)
+                if reason != "new":
+                    info(f"{spec.dataset_id}: tiled before with other settings ({reason}): tiling again")
+        n_inputs, n_todo = len(metas) + len(datasets), len(todo) + len(datasets_todo)
+        info(f"{n_inputs} slides/datasets: {n_inputs - n_todo} already tiled, {n_todo} to tile"
              + (f", {len(filtered)} filtered out by sample/slide type" if filtered else ""))
-        results = run_slides(todo, ws, scfg)
+        results = run_slides(todo, ws, scfg) + run_datasets(datasets_todo, ws, scfg)
         failed = {r["slide_id"]: r["error"] for r in results if "error" in r}
         tiled = [r for r in results if "error" not in r]
         scored = join_scores(ws, [m for m in metas if m.slide_id not in failed], scores_dir) if scores_dir else 0
         summary = {
-            "slides": len(metas), "tiled": len(tiled), "skipped_finished": len(metas) - len(todo),
+            "slides": n_inputs, "tiled": len(tiled), "skipped_finished": n_inputs - n_todo,
             "failed": failed, "filtered_out": filtered, "new_tiles": sum(r["tiles"] for r in tiled),
             "per_slide": tiled, "scored_slides": scored, "shard": list(shard) if shard else None,
         }
@@ -385,6 +474,24 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
                            index_slides=int(index["slide_id"].nunique()))
         manifest.results.update(summary)
     return summary
+
+
+def run_datasets(todo: list, ws: Workspace, cfg: SlidesConfig) -> list[dict]:
+    """Tile datasets, one after the other in this process (each failure: one line, the others go on)."""
+    from .images import tile_dataset
+
+    results = []
+    for spec in todo:
+        try:
+            result = tile_dataset(spec, ws.slide_path(spec.dataset_id), cfg, cfg.assume_mpp)
+        except HistosynthError as exc:
+            result = {"slide_id": spec.dataset_id, "error": str(exc)}
+            error(result["error"])
+        else:
+            info(f"{spec.dataset_id}: {result['tiles']} tiles from {result['images']} images, "
+                 f"mean tissue {result['tissue_mean']:.2f}")
+        results.append(result)
+    return results
 
 
 def run_slides(todo: list[SlideMeta], ws: Workspace, cfg: SlidesConfig) -> list[dict]:
