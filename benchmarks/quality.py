@@ -79,9 +79,9 @@ class Dataset:
 
 DATASETS = {
     "cmu1": Dataset("cmu1", "CMU-1 slide, descriptor text, region split", "descriptor",
-                    [f"text.template={DESCRIPTOR_TEMPLATE}", "text.missing_summary=empty"], field="nuclei"),
+                    [f"text.template='{DESCRIPTOR_TEMPLATE}'", "text.missing_summary=empty"], field="nuclei"),
     "kather": Dataset("kather", "Kather 2016 tiles, class text, split by source image", "class",
-                      ["slides.min_tissue=0.0", "split.test_fraction=0.3", "text.missing_summary=empty"]),
+                      ["text.template='{label}'", "split.test_fraction=0.3", "text.missing_summary=empty"]),
 }
 BASE_OVERRIDES = ["train.validation_images=0", "train.validate_every=0", "train.keep_checkpoints=1"]
 
@@ -113,6 +113,11 @@ def sizes_of(args) -> Sizes:
 
 
 # ---- data -----------------------------------------------------------------------------------------
+# The Kather tiles come at two scales (PROVENANCE.txt): the 150 px originals at 0.495 um/px and a
+# third party's 224 px upsampling of the same collection (0.495 * 150 / 224 um/px).
+KATHER_SUBSETS = (("kather2016_tiles_original", 0.495), ("kather2016_tiles_tfds_resized224", 0.495 * 150 / 224))
+
+
 def data_path(name: str) -> Path:
     """The real data through the project's registry (its mirror variable), else ../shared/data."""
     relative = {"cmu1": "slides/CMU-1-Small-Region.svs", "kather": "tiles"}[name]
@@ -182,6 +187,7 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     from histosynth.latents.encode import encode_workspace
     from histosynth.latents.vae import train_vae
     from histosynth.slides.tiler import tile_slides
+    from histosynth.text.condition import label_words
     from histosynth.text.embed import embed_workspace
     from histosynth.workspace import Workspace
 
@@ -197,7 +203,12 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     split = {}
 
     def prepare():
-        tile_slides(ws, cfg, [source])
+        runs = ([(source / folder, mpp) for folder, mpp in KATHER_SUBSETS] if ds.kind == "class"
+                else [(source, None)])   # the Kather tiles: one tile run per scale, into one workspace
+        for path, mpp in runs:
+            failed = tile_slides(ws, cfg, [path], assume_mpp=mpp).get("failed")
+            if failed:
+                raise SystemExit(f"quality: tiling failed: {failed}")
         if ds.kind == "descriptor":
             split.update(region_split(ws))
         if sizes.max_tiles:
@@ -224,9 +235,10 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
         or _read(root, "metrics")
     _write(root, "metrics", metrics)
     grid_values = (["low", "high"] if ds.kind == "descriptor" else
-                   [v for v in condition.values if any(k in v.lower() for k in ("adipose", "tumor", "tumour", "lympho"))])
+                   [v for key in ("adipose", "tumor", "lympho") for v in condition.values if key in v.lower()])
     grid = condition_grid(ws, index, condition, samples, root / f"quality-{ds.name}.png", values=grid_values or None,
-                          title=f"{ds.title}: real test tiles vs generated from the condition text")
+                          title=f"{ds.title}: real test tiles vs generated from the condition text",
+                          label=None if ds.kind == "descriptor" else label_words)
     return {"dataset": ds.name, "title": ds.title, "source": str(source), "config_overrides": settings,
             "tiles": {s: int((index["split"] == s).sum()) for s in ("train", "test")}, "split": split or None,
             "condition": asdict(condition), "training": train_info, "stages": stage.records,

@@ -252,7 +252,7 @@ def real_data() -> RealData | None:
         name="cmu1", source=slide, kind="descriptor", field="nuclei", grid_values=("low", "high"),
         description=f"CMU-1-Small-Region.svs (real H&E, OpenSlide test data, CC0), {slide}; tiles left of a "
                     "vertical line train, right of it test",
-        overrides=(f"text.template={DESCRIPTOR_TEMPLATE}", "text.missing_summary=empty"),
+        overrides=(f"text.template='{DESCRIPTOR_TEMPLATE}'", "text.missing_summary=empty"),
         explanation="Each tile's condition text names its own nuclei density, fat and stroma as low/medium/high "
                     "(quantile bins of the training tiles). Images are generated from test tiles' texts, equally "
                     "many per nuclei level; their nuclei density is then measured with the same descriptor. "
