@@ -21,6 +21,7 @@ def evaluate(
                                                      help="pt_inception-2015-12-05-6726825d.pth (pytorch-fid's FID weights)."),
     allow_unverified_weights: bool = typer.Option(False, "--allow-unverified-weights", help="Accept Inception weights with another sha256 (tests only: FIDs not comparable)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: cpu)."),
+    features: list[str] = typer.Option([], "--features", help="Encoder for FD_<name>/KID_<name>: `inception`, a timm/transformers/open_clip folder or a cached hub id, optionally NAME=SPEC (repeatable)."),
 ) -> None:
     """FID/KID/precision-recall, stain distance and memorization of generated vs real tiles: eval.json + report.md."""
     from .run import evaluate as run_evaluate, section_of
@@ -30,7 +31,8 @@ def evaluate(
     out = out or (fake_path.with_name(fake_path.name + "-eval") if fake_path.is_dir() else Path("eval"))
     run_evaluate(real, fake, out, metrics=metrics.split(",") if metrics else cfg.metrics, n=n or cfg.n, train=train,
                  inception_weights=inception_weights or cfg.inception_weights, crop=crop or cfg.crop,
-                 batch_size=batch or cfg.batch_size, allow_unverified_weights=allow_unverified_weights, device=device)
+                 batch_size=batch or cfg.batch_size, allow_unverified_weights=allow_unverified_weights, device=device,
+                 features=features)
 
 
 def register(app: typer.Typer) -> None:

@@ -59,12 +59,21 @@ def write_markdown(out_dir: Path, report: dict, grids: dict[str, str]) -> Path:
         value = lookup(report["metrics"], path)
         if value is not None:
             lines.append(f"| {label} | {value:.4g} | {better} |")
+    for key, value in report["metrics"].items():
+        if key.startswith("FD_"):
+            lines.append(f"| Frechet distance, {key[3:]} features | {value:.4g} | lower |")
+        elif key.startswith("KID_"):
+            lines.append(f"| KID, {key[4:]} features | {value['kid']:.4g} (std {value['kid_std']:.2g}) | lower |")
     for metric, why in report.get("skipped", {}).items():
         lines.append(f"| {metric} | skipped: {why} | |")
     inception = protocol.get("inception") or {}
     if inception and not inception.get("verified"):
         lines += ["", "**The Inception weights are not the standard FID file: FID, KID and precision/recall "
                       "here are not comparable with any published number.**"]
+    for name, enc in (protocol.get("encoders") or {}).items():
+        random = " **randomly initialised weights (a test model): its FD/KID mean nothing**" if enc.get("random_weights") else ""
+        lines += ["", f"- Encoder `{name}`: {enc.get('loader')} {enc.get('architecture')} from `{enc.get('spec')}`, "
+                      f"weights sha256 {enc.get('weights_sha256', '')[:16]}...{random}"]
     cond = protocol.get("fakes_conditioned_on") or {}
     lines += ["", "## Protocol", "",
               f"- Fakes conditioned on: {cond.get('description', 'unknown')}",

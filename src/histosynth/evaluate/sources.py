@@ -52,19 +52,25 @@ def parse_source(spec: str | Path) -> Source:
 class ImageSet:
     """The images of a folder or workspace split, the first `n` in a fixed order."""
 
-    def __init__(self, source: Source, n: int | None = None, crop: int | None = None, seed: int = 0):
-        self.source, self.crop = source, crop
+    def __init__(self, source: Source, n: int | None = None, crop: int | None = None, seed: int = 0,
+                 resize_to: tuple[int, int, str] | None = None):
+        self.source, self.crop, self.resize_to = source, crop, resize_to  # resize (h, w, PIL filter name)
         self._tiles = None
+        self.labels: list[str] | None = None   # tissue class per image, when the set carries them
         if source.kind == "workspace":
             from ..slides.index import read_index
 
             index = read_index(Workspace(source.path))
-            ids = np.sort(index.loc[index["split"] == source.split, "tile_id"].to_numpy())
-            if n is not None and n < len(ids):  # a seeded subset, not the first slides' tiles
-                ids = np.sort(np.random.default_rng(seed).choice(ids, n, replace=False))
-            self.ids = [f"tile:{int(t)}" for t in ids]
+            rows = index.loc[index["split"] == source.split].sort_values("tile_id")
+            rows = rows.iloc[_subset(len(rows), n, seed)]
+            self.ids = [f"tile:{int(t)}" for t in rows["tile_id"]]
+            if "label" in rows.columns and rows["label"].notna().all():
+                self.labels = [str(v) for v in rows["label"]]
         elif source.kind == "folder":
-            self.ids = folder_images(source.path)[:n]
+            files = folder_images(source.path)
+            self.ids = [files[i] for i in _subset(len(files), n, seed)]
+            if self.ids and all("/" in i for i in self.ids) and not (source.path / "metadata.jsonl").exists():
+                self.labels = [i.split("/")[0] for i in self.ids]   # class sub-folders name the class
         else:
             raise ValueError(f"{source}: statistics files hold no images")
         if not self.ids:
@@ -84,6 +90,8 @@ class ImageSet:
             images = list(self._store().get([int(i.split(":", 1)[1]) for i in ids]))
         else:
             images = [load_rgb(self.source.path / i) for i in ids]
+        if self.resize_to:
+            images = [resize(img, self.resize_to) for img in images]
         if self.crop:
             images = [center_crop(img, self.crop) for img in images]
         if len({img.shape for img in images}) > 1:
@@ -100,6 +108,29 @@ class ImageSet:
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         for start in range(0, len(self.ids), batch_size):
             yield self.load(self.ids[start:start + batch_size])
+
+
+    def raw_size(self) -> tuple[int, int]:
+        """(height, width) of the first image as stored, before any resize or crop."""
+        if self.source.kind == "workspace":
+            return tuple(next(iter(self._store().get([int(self.ids[0].split(":", 1)[1])]))).shape[:2])
+        return tuple(load_rgb(self.source.path / self.ids[0]).shape[:2])
+
+
+def _subset(total: int, n: int | None, seed: int) -> np.ndarray:
+    """All indices, or a seeded sorted subset of n (never the first n: sets are often sorted by slide or class)."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+
+
+def resize(image: np.ndarray, rule: tuple[int, int, str]) -> np.ndarray:
+    from PIL import Image
+
+    h, w, interpolation = rule
+    if image.shape[:2] == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((w, h), getattr(Image.Resampling, interpolation.upper())))
 
 
 def folder_images(folder: Path) -> list[str]:
