@@ -1,35 +1,38 @@
-"""Conditioning at work: prompts that request each condition equally often, the per-condition grid
-of real vs generated tiles, and where the fidelity figures come from.
+"""Conditioning at work on real H&E without reports: the region split of a single slide, the
+per-condition grid of real vs generated tiles, and the fidelity figures with their controls.
 
 Used by `benchmarks/quality.py` (CMU-1 with descriptor text, the Kather tiles with class text) and
-by the demo. A *condition* is what a prompt requests: a descriptor word (the tile index's
-`level_<field>`, e.g. {nuclei} low/medium/high) or a tile class (the index's label column).
-Prompts are the trained condition texts of real TEST tiles of that condition (read from the run's
-embeddings, so they are exactly the texts the model saw for such tiles, other template fields
-included); every condition is requested equally often.
+by the demo. Images are generated the standard way (`sample --from-summaries --split test`: each
+image is conditioned on the condition text of a random test tile, whose `tile_id` its metadata
+records) and evaluated by `histosynth evaluate`'s weight-free metrics, which read what each image
+requested from that tile: its descriptor bins, or its class (`label`). The *condition* shown in
+the grid is the tile-index column that made the prompt differ: `level_<field>` or `label`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from ..console import HistosynthError
-from ..fileio import read_json, write_json
 
-CLASS_COLUMNS = ("label", "class", "caption")   # tile-index columns that may name a tile's class
 DESCRIPTOR_LEVELS = ("low", "medium", "high")
+# evaluate's descriptor names for template fields (histosynth.slides.descriptors.TEMPLATE_FIELDS)
+FIELD_DESCRIPTOR = {"nuclei": "nuclei_density", "nuclear_area": "nuclear_area", "fat": "fat_fraction",
+                    "stroma": "stroma_fraction", "h": "h_fraction", "e": "e_fraction", "tissue": "tissue_fraction"}
+WEIGHT_FREE_METRICS = ["fidelity", "descriptors", "c2st", "classes", "stain", "memorization"]
+NEUTRAL_REPORT = "H&E tissue."
 
 
 @dataclass
 class Condition:
-    """What a prompt requests: `column` of the tile index, its values in order (ordinal for descriptors)."""
+    """What a prompt requests: a tile-index column and its values (in order; ordinal for descriptors)."""
 
     kind: str                      # "descriptor" | "class"
-    column: str                    # tile-index column: level_<field> or the label column
+    column: str                    # level_<field> or label
     values: list[str] = field(default_factory=list)
     field: str | None = None       # descriptor template field ({nuclei} -> "nuclei")
 
@@ -39,106 +42,16 @@ def descriptor_condition(field_name: str) -> Condition:
 
 
 def class_condition(index) -> Condition:
-    column = class_column(index)
-    if column is None:
-        raise HistosynthError(f"tile index: no class column ({', '.join(CLASS_COLUMNS)}); tile a folder of class "
-                              "sub-folders to get one")
-    return Condition("class", column, sorted(index[column].dropna().astype(str).unique()))
+    if "label" not in index.columns or not index["label"].astype(str).str.len().any():
+        raise HistosynthError("tile index: no class labels; tile a folder of class sub-folders to get them")
+    return Condition("class", "label", sorted(index["label"].dropna().astype(str).unique()))
 
 
-def run_tile_texts(run_dir: Path):
-    """tile_id -> condition text the run was trained with (its embeddings' tiles and texts)."""
-    import pandas as pd
-
-    info = read_json(run_dir / "text_encoder.json")
-    emb = Path(info.get("embeddings") or "")
-    if not (emb / "tiles.parquet").exists():
-        raise HistosynthError(f"{run_dir / 'text_encoder.json'}: embeddings folder {emb} not found")
-    tiles = pd.read_parquet(emb / "tiles.parquet")
-    texts = pd.read_parquet(emb / "texts.parquet")[["text_hash", "text"]]
-    return tiles.merge(texts, on="text_hash", how="left").set_index("tile_id")["text"]
-
-
-def balanced_prompts(index, texts, condition: Condition, n: int, split: str = "test", seed: int = 0) -> list[dict]:
-    """n requests, equally many per condition value, each the text of a random `split` tile of that value.
-
-    Returns [{"prompt", "requested", "tile_id"}], grouped by value in `condition.values` order."""
-    rng = np.random.default_rng(seed)
-    tiles = index[(index["split"] == split) & index[condition.column].notna()]
-    values = [v for v in condition.values if (tiles[condition.column].astype(str) == v).any()]
-    missing = [v for v in condition.values if v not in values]
-    if missing:
-        raise HistosynthError(f"no {split} tiles with {condition.column} = {', '.join(missing)}: cannot request it")
-    per_value = -(-n // len(values))
-    requests = []
-    for value in values:
-        ids = tiles.loc[tiles[condition.column].astype(str) == value, "tile_id"].to_numpy()
-        chosen = rng.choice(ids, size=per_value, replace=per_value > len(ids))
-        requests += [{"prompt": str(texts[int(t)]), "requested": value, "tile_id": int(t)} for t in chosen]
-    return requests
-
-
-def generate(run_dir: Path, requests: list[dict], out_dir: Path, *, sampler: str, steps: int, guidance: float,
-             seed: int = 0, batch_size: int | None = None) -> Path:
-    """One image per request (image i: seed + i) with `histosynth sample`; requests.json beside them."""
-    from ..sample.generate import sample_run
-
-    folder = sample_run(run_dir, prompts=[r["prompt"] for r in requests], n=len(requests), sampler=sampler,
-                        steps=steps, guidance=guidance, seed=seed, batch_size=batch_size, out_dir=out_dir)
-    return write_requests(folder, requests)
-
-
-def write_requests(folder: Path, requests: list[dict]) -> Path:
-    """requests.json beside the images: what image i's prompt requested (metadata.jsonl has the prompt)."""
-    write_json(folder / "requests.json", requests)
-    return folder
-
-
-def generated_by_value(folder: Path, condition: Condition) -> dict[str, list[np.ndarray]]:
-    """Generated images grouped by the value their prompt requested (requests.json order)."""
-    from ..imageio import load_rgb
-    from ..sample.generate import read_metadata
-
-    requests = read_json(folder / "requests.json")
-    groups: dict[str, list[np.ndarray]] = {v: [] for v in condition.values}
-    for rec, req in zip(read_metadata(folder), requests):
-        if rec["prompt"] != req["prompt"]:
-            raise HistosynthError(f"{folder}: metadata.jsonl and requests.json disagree at {rec['file']}")
-        groups.setdefault(req["requested"], []).append(load_rgb(folder / rec["file"]))
-    return groups
-
-
-def real_by_value(ws, index, condition: Condition, per_value: int, split: str = "test",
-                  seed: int = 0) -> dict[str, list[np.ndarray]]:
-    """A few real `split` tiles per condition value (random, seeded)."""
-    from ..slides.store import TileStore
-
-    rng = np.random.default_rng(seed)
-    store, groups = TileStore(ws), {}
-    for value in condition.values:
-        ids = index.loc[(index["split"] == split) & (index[condition.column].astype(str) == value), "tile_id"]
-        pick = rng.choice(ids.to_numpy(), size=min(per_value, len(ids)), replace=False) if len(ids) else []
-        groups[value] = list(store.get([int(i) for i in pick])) if len(pick) else []
-    return groups
-
-
-def condition_grid(ws, index, condition: Condition, folder: Path, png: Path, values: Sequence[str] | None = None,
-                   per_side: int = 6, title: str | None = None, label=None) -> Path:
-    """Real test tiles vs generated images, one row per requested value."""
-    from .report import condition_grid_png
-
-    values = list(values or condition.values)
-    fake = generated_by_value(folder, condition)
-    real = real_by_value(ws, index, condition, per_side)
-    name = label or (lambda v: f"{condition.field or condition.column} {v}")
-    rows = [(name(v), real.get(v, []), fake.get(v, [])) for v in values]
-    png.parent.mkdir(parents=True, exist_ok=True)
-    return condition_grid_png(rows, png, per_side=per_side, title=title)
-
-
+# ---- a single slide: hold out a region ------------------------------------------------------------
 def region_split(ws, test_share: float = 0.3) -> dict:
     """Tiles whose left edge lies right of a grid line are test, the rest train: whole tiles on each
-    side, no pixel shared (overlap 0). The descriptor bins are then refitted on the new training tiles."""
+    side, no pixel shared (overlap 0). One slide is one case, so a case split could hold nothing out.
+    The descriptor bins are refitted on the new training tiles."""
     from ..fileio import atomic_path
     from ..slides.index import add_levels, read_index
 
@@ -155,13 +68,10 @@ def region_split(ws, test_share: float = 0.3) -> dict:
 
 
 # ---- condition text without reports ----------------------------------------------------------------
-NEUTRAL_REPORT = "H&E tissue."
-
-
 def write_captions(ws, csv_path: Path) -> Path:
     """A reports file for a workspace without pathology reports, so that `reports`, `summarize` and
-    `embed` run as for slides with reports: every case gets one neutral line. Templates without
-    {summary} (descriptor words) never read it."""
+    `embed` run as for slides with reports: every case gets one neutral line, which templates
+    without {summary} (descriptor words, {label}) never read."""
     import csv
     import io
 
@@ -190,34 +100,137 @@ def prepare_text(ws, cfg, budget: int, csv_path: Path) -> None:
     summarize_workspace(ws, cfg, budget)
 
 
-def class_column(index) -> str | None:
-    return next((c for c in CLASS_COLUMNS if c in index.columns), None)
-
-
-# ---- fidelity and realism, with their controls ------------------------------------------------------
-def requested_and_images(samples: Path):
+# ---- the grid ---------------------------------------------------------------------------------------
+def generated_by_value(folder: Path, index, condition: Condition) -> dict[str, list[np.ndarray]]:
+    """Generated images grouped by what their prompt requested: the condition of the test tile
+    whose text made the prompt (metadata.jsonl `tile_id`)."""
     from ..imageio import load_rgb
     from ..sample.generate import read_metadata
 
-    requests = read_json(samples / "requests.json")
-    records = read_metadata(samples)
-    images = np.stack([load_rgb(samples / r["file"]) for r in records])
-    return [r["requested"] for r in requests[:len(records)]], images
+    value_of = index.set_index("tile_id")[condition.column].astype(str)
+    groups: dict[str, list[np.ndarray]] = {v: [] for v in condition.values}
+    for rec in read_metadata(folder):
+        if rec.get("tile_id") is None:
+            raise HistosynthError(f"{folder}: {rec['file']} records no tile_id (sample with --from-summaries)")
+        groups.setdefault(value_of[int(rec["tile_id"])], []).append(load_rgb(folder / rec["file"]))
+    return groups
 
 
-def evaluate_conditioning(ws, index, condition: Condition, samples: Path, quick: bool = False) -> dict:
-    """Fidelity of the generated images to what their prompts requested (with the shuffled control)
-    and C2ST realism (real test vs generated, real train vs real test beside it), by
-    histosynth.evaluate's weight-free metrics."""
-    try:
-        from ..evaluate import conditioning as metrics  # noqa: F401
-    except ImportError:
-        return {"skipped": "histosynth.evaluate has no weight-free conditioning metrics yet"}
-    return {}
+def real_by_value(ws, index, condition: Condition, per_value: int, split: str = "test",
+                  seed: int = 0) -> dict[str, list[np.ndarray]]:
+    """A few real `split` tiles per condition value (random, seeded)."""
+    from ..slides.store import TileStore
+
+    rng = np.random.default_rng(seed)
+    store, groups = TileStore(ws), {}
+    for value in condition.values:
+        ids = index.loc[(index["split"] == split) & (index[condition.column].astype(str) == value), "tile_id"]
+        pick = rng.choice(ids.to_numpy(), size=min(per_value, len(ids)), replace=False) if len(ids) else []
+        groups[value] = list(store.get([int(i) for i in pick])) if len(pick) else []
+    return groups
+
+
+def condition_grid(ws, index, condition: Condition, folder: Path, png: Path, values: Sequence[str] | None = None,
+                   per_side: int = 6, title: str | None = None, label: Callable[[str], str] | None = None) -> Path:
+    """Real test tiles vs generated images, one row per requested value."""
+    from .report import condition_grid_png
+
+    values = list(values or condition.values)
+    fake = generated_by_value(folder, index, condition)
+    real = real_by_value(ws, index, condition, per_side)
+    label = label or (lambda v: f"{condition.field} {v}")
+
+    def name(v: str) -> str:
+        return f"{label(v)} ({len(fake.get(v, []))} generated)"
+
+    rows = [(name(v), real.get(v, []), fake.get(v, [])) for v in values]
+    png.parent.mkdir(parents=True, exist_ok=True)
+    return condition_grid_png(rows, png, per_side=per_side, title=title)
+
+
+# ---- fidelity and realism, with their controls ------------------------------------------------------
+def evaluate_conditioning(ws, samples: Path, eval_dir: Path, condition: Condition, seed: int = 0) -> dict:
+    """`histosynth evaluate` (weight-free metrics) of the generated images against the real test
+    tiles, training tiles as the reference; returns the figures of `table_rows`, with the target
+    checks. The whole eval.json stays in `eval_dir`."""
+    from ..evaluate.run import evaluate
+
+    report = evaluate(f"{ws.root}:test", samples, eval_dir, train=f"{ws.root}:train", metrics=WEIGHT_FREE_METRICS,
+                      seed=seed)
+    return summarize_eval(report, condition)
+
+
+def _entry(value, ci=None, **extra) -> dict:
+    return {"value": None if value is None else float(value), "ci95": list(ci) if ci else None, **extra}
+
+
+def summarize_eval(report: dict, condition: Condition) -> dict:
+    """The figures that say whether the text steers the images, from an eval.json."""
+    m, out = report.get("metrics", {}), {}
+    if condition.kind == "descriptor":
+        name = FIELD_DESCRIPTOR[condition.field]
+        fid = (m.get("fidelity") or {}).get("generated", {}).get(name)
+        ref = ((m.get("fidelity") or {}).get("real_reference") or {}).get(name)
+        if fid:
+            ctrl = fid["shuffled_control"]
+            out[f"{name} fidelity (Spearman)"] = _entry(
+                fid["spearman"], fid["spearman_ci95"], control=_entry(ctrl["spearman"], ctrl["spearman_ci95"]),
+                reference=_entry(ref["spearman"], ref["spearman_ci95"]) if ref else None,
+                reference_kind="real test tiles vs their own bins", n=fid["n"],
+                requested_counts=fid.get("requested_counts"))
+            out[f"{name} bin accuracy"] = _entry(
+                fid["bin_accuracy"], fid["bin_accuracy_ci95"],
+                control=_entry(ctrl["bin_accuracy"], ctrl["bin_accuracy_ci95"]),
+                reference=_entry(ref["bin_accuracy"], ref["bin_accuracy_ci95"]) if ref else None,
+                reference_kind="real test tiles", chance=fid.get("chance_bin_accuracy"))
+    else:
+        cls = m.get("classes")
+        if cls:
+            gen, ctrl, ceil = cls["generated"], cls["shuffled_control"], cls["real_heldout_ceiling"]
+            out["class fidelity (balanced accuracy)"] = _entry(
+                gen["balanced_accuracy"], gen["ci95"], control=_entry(ctrl["balanced_accuracy"], ctrl["ci95"]),
+                reference=_entry(ceil["balanced_accuracy"], ceil["ci95"]),
+                reference_kind="classifier on real held-out tiles (ceiling)", chance=cls["chance"], n=gen["n"],
+                confusion=cls.get("confusion_requested_x_predicted"), classes=cls.get("classes"))
+            tstr, trtr = cls["train_on_synthetic_test_on_real"], cls["train_on_real_test_on_real"]
+            out["train on synthetic, test on real (balanced accuracy)"] = _entry(
+                tstr["balanced_accuracy"], tstr["ci95"], reference=_entry(trtr["balanced_accuracy"], trtr["ci95"]),
+                reference_kind="train on real", chance=cls["chance"])
+    c2st = m.get("c2st")
+    if c2st:
+        gen, ref = c2st["generated"], c2st.get("real_reference")
+        out["C2ST AUROC (real test vs generated)"] = _entry(
+            gen["auroc"], gen["ci95"], reference=_entry(ref["auroc"], ref["ci95"]) if ref else None,
+            reference_kind="real test vs real train", chance=0.5, n_per_side=gen.get("n_per_side"))
+    memo = m.get("memorization")
+    if memo:
+        out["memorization (near-copy share)"] = _entry(memo.get("near_copy_share"))
+    out["targets"] = targets(out, condition)
+    if report.get("skipped"):
+        out["skipped"] = report["skipped"]
+    return out
+
+
+def targets(figures: dict, condition: Condition) -> dict:
+    """The issue's acceptance targets, checked on the figures (None where a figure is missing)."""
+    def contains(ci, x):
+        return ci is not None and ci[0] <= x <= ci[1]
+
+    if condition.kind == "descriptor":
+        f = figures.get(f"{FIELD_DESCRIPTOR[condition.field]} fidelity (Spearman)")
+        if not f or f["ci95"] is None:
+            return {"met": None, "rule": "Spearman CI lower bound >= 0.5; shuffled control's CI contains 0"}
+        return {"met": bool(f["ci95"][0] >= 0.5 and contains(f["control"]["ci95"], 0.0)),
+                "rule": "Spearman CI lower bound >= 0.5; shuffled control's CI contains 0"}
+    f = figures.get("class fidelity (balanced accuracy)")
+    if not f or f["ci95"] is None:
+        return {"met": None, "rule": "balanced accuracy CI lower bound > chance; control's CI contains chance"}
+    return {"met": bool(f["ci95"][0] > f["chance"] and contains(f["control"]["ci95"], f["chance"])),
+            "rule": f"balanced accuracy CI lower bound > {f['chance']:.3f} (chance); control's CI contains chance"}
 
 
 def table_rows(results: list[dict]) -> list[dict]:
-    """One row per metric: generated [CI], control [CI], and the real-data reference."""
+    """One row per figure: generated [CI], control [CI], and the real-data reference."""
     def fmt(entry):
         if not entry or entry.get("value") is None:
             return "n/a"
@@ -226,13 +239,15 @@ def table_rows(results: list[dict]) -> list[dict]:
 
     rows = []
     for r in results:
-        m = r.get("metrics") or {}
-        if "skipped" in m:
-            rows.append({"dataset": r["dataset"], "metric": "all", "generated": "skipped", "control": "",
-                         "reference": m["skipped"]})
-            continue
-        for name, entry in m.items():
+        for name, entry in (r.get("metrics") or {}).items():
+            if name in ("targets", "skipped") or not isinstance(entry, dict):
+                continue
+            reference = fmt(entry.get("reference"))
+            if entry.get("reference_kind") and entry.get("reference"):
+                reference += f" ({entry['reference_kind']})"
+            if entry.get("chance") is not None:
+                reference += f"; chance {entry['chance']:.3f}"
             rows.append({"dataset": r["dataset"], "metric": name, "generated": fmt(entry),
-                         "control": fmt(entry.get("control")), "reference": fmt(entry.get("reference"))
-                         + (f" ({entry['reference_kind']})" if entry.get("reference_kind") else "")})
+                         "control": fmt(entry.get("control")) if entry.get("control") else "-",
+                         "reference": reference})
     return rows
