@@ -66,7 +66,7 @@ def render_html(results: dict[str, Any]) -> str:
         f"(CPU time {seconds(results.get('total_cpu_s'))}).</p>",
     ]
     if results.get("smoke"):
-        parts.append(f"<p class='warn'><b>Smoke-scale CPU model.</b> {esc(SMOKE_NOTE)}</p>")
+        parts.append(f"<p class='warn'><b>Smoke-scale CPU model.</b> {esc(results.get('smoke_note') or SMOKE_NOTE)}</p>")
     for note in results.get("notes", []):
         parts.append(f"<p>{esc(note)}</p>")
 
