@@ -185,12 +185,11 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
 
     from histosynth.experiments.demo import StageClock
     from histosynth.experiments.quality import (class_condition, condition_grid, descriptor_condition,
-                                                evaluate_conditioning, prepare_text, region_split)
+                                                evaluate_conditioning, label_words, prepare_text, region_split)
     from histosynth.sample.generate import sample_run
     from histosynth.latents.encode import encode_workspace
     from histosynth.latents.vae import train_vae
     from histosynth.slides.tiler import tile_slides
-    from histosynth.text.condition import label_words
     from histosynth.text.embed import embed_workspace
     from histosynth.workspace import Workspace
 

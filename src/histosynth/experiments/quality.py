@@ -101,6 +101,13 @@ def prepare_text(ws, cfg, budget: int, csv_path: Path) -> None:
 
 
 # ---- the grid ---------------------------------------------------------------------------------------
+def label_words(label: str) -> str:
+    """A class-folder name as a caption for people: "07_ADIPOSE" -> "adipose"."""
+    import re
+
+    return re.sub(r"^[\d\W_]+", "", str(label)).replace("_", " ").strip().lower()
+
+
 def generated_by_value(folder: Path, index, condition: Condition) -> dict[str, list[np.ndarray]]:
     """Generated images grouped by what their prompt requested: the condition of the test tile
     whose text made the prompt (metadata.jsonl `tile_id`)."""
