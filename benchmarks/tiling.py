@@ -26,13 +26,20 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-REAL_SLIDE = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+def real_slide() -> Path:
+    """CMU-1-Small-Region.svs through the data registry (HISTOSYNTH_DATA_MIRROR, cache or download)."""
+    from histosynth import datasets
+
+    return datasets.fetch(datasets.CMU1)
+
+
+
 LARGE_EDGE = 20_000
 LARGE_LEVELS = 4
 SAT_MIN = 0.07          # the loop's saturation filter: a pixel with HSV saturation above this is tissue
 
 
-def build_large_slide(path: Path, source: Path = REAL_SLIDE) -> Path:
+def build_large_slide(path: Path, source: Path | None = None) -> Path:
     """A ~20k x 20k generic-TIFF pyramid (OpenSlide layout, JPEG tiles) tiled with the real tissue."""
     import openslide
     import tifffile
@@ -40,7 +47,7 @@ def build_large_slide(path: Path, source: Path = REAL_SLIDE) -> Path:
 
     if path.exists():
         return path
-    slide = openslide.OpenSlide(str(source))
+    slide = openslide.OpenSlide(str(source or real_slide()))
     mpp = float(slide.properties["openslide.mpp-x"])
     tissue = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
     th, tw = tissue.shape[:2]
@@ -150,20 +157,24 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--skip-large", action="store_true", help="only the small real slide")
     args = parser.parse_args()
-    if not REAL_SLIDE.exists():
-        raise SystemExit(f"{REAL_SLIDE} not found (real sample data lives in ../shared/data)")
+    from histosynth.console import HistosynthError
+
+    try:
+        slide = real_slide()
+    except HistosynthError as exc:
+        raise SystemExit(str(exc)) from None
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(f"tile {args.size} px, min tissue 0.5; tiles/s = kept tiles / wall time (2 cores, shared)")
     for fn in (straightforward_loop, histosynth_tile):  # warm-up: imports and file cache, not measured
-        fn(REAL_SLIDE, 1.0, args.size, 0.5, args.workdir / "warm-up")
+        fn(slide, 1.0, args.size, 0.5, args.workdir / "warm-up")
         shutil.rmtree(args.workdir / "warm-up")
-    rows = [compare("CMU-1-Small-Region", REAL_SLIDE, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+    rows = [compare("CMU-1-Small-Region", slide, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
     if not args.skip_large:
         t0 = time.perf_counter()
         large = build_large_slide(args.workdir / "large-20k.tiff")
         print(f"large slide {large} ({large.stat().st_size / 1e6:.0f} MB) ready in {time.perf_counter() - t0:.0f} s")
         rows += [compare("large-20k-4-levels", large, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
-    descriptor_throughput(REAL_SLIDE)
+    descriptor_throughput(slide)
     print("ratios (histosynth / loop, tiles/s): "
           + ", ".join(f"{r['slide']} @ {r['mpp']}: {r['ratio']:.2f}x" for r in rows))
 

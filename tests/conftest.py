@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("HISTOSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# Real data comes through the registry (histosynth.datasets); HISTOSYNTH_SHARED_DATA is the older
+# name of the mirror variable, still honoured.
+if "HISTOSYNTH_SHARED_DATA" in os.environ:
+    os.environ.setdefault("HISTOSYNTH_DATA_MIRROR", os.environ["HISTOSYNTH_SHARED_DATA"])
 
 # Two cores: one torch thread per test process unless asked otherwise, and offline model loading.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -26,13 +29,17 @@ def pytest_configure(config):
 
 
 def shared_file(relative: str) -> Path:
-    """A file of ../shared/data; skip when absent, but fail under CI=true (CI must have it)."""
-    path = SHARED_DATA / relative
-    if not path.exists():
+    """A real-data file or folder (a path in ../shared/data's layout), through the data registry
+    (histosynth.datasets: HISTOSYNTH_DATA_MIRROR, the cache, or the upstream URL; sha256 checked).
+    Unavailable: skip with one line naming the variable; under CI=true fail (CI must have it)."""
+    from histosynth import datasets
+
+    try:
+        return datasets.fetch(relative) if relative in datasets.registry() else datasets.fetch_folder(relative)
+    except datasets.DataUnavailable as exc:
         if os.environ.get("CI") == "true":
-            pytest.fail(f"{path} is missing under CI=true")
-        pytest.skip(f"{path} not found (real sample data lives in ../shared/data)")
-    return path
+            pytest.fail(f"{exc} (CI=true: real data must be there)")
+        pytest.skip(f"real data unavailable: {exc}")
 
 
 @pytest.fixture(scope="session")

@@ -85,3 +85,13 @@ def test_describe_command_fills_an_old_workspace(real_ws, tmp_path):
     new, ref = read_index(old), read_index(ws)
     np.testing.assert_allclose(new["desc_nuclei_density"], ref["desc_nuclei_density"])
     assert (new["level_fat"] == ref["level_fat"]).all()
+
+
+def test_label_and_caption_fields_fill_the_template():
+    import pandas as pd
+
+    row = next(pd.DataFrame({"label": ["07_ADIPOSE"], "caption": ["fat, H&E"], "level_nuclei": ["low"]})
+               .itertuples())
+    assert score_column("label") == "label" and score_column("caption") == "caption"
+    assert tile_condition_text(row, "{label}: {caption}; {nuclei} nuclei", "", ["low", "high"]) == \
+        "07_ADIPOSE: fat, H&E; low nuclei"

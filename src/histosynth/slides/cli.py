@@ -81,8 +81,11 @@ def tile_merge(
     from ..options import workspace_config
     from .index import merge_workspaces
 
+    from ..locks import stage_lock
+
     ws, cfg = workspace_config(workspace, preset, config, overrides)
-    with recording("tile-merge", ws.tiles_dir, config=cfg, filename="manifest-merge.json") as manifest:
+    with stage_lock(ws.lock_path("tile"), "tile"), \
+            recording("tile-merge", ws.tiles_dir, config=cfg, filename="manifest-merge.json") as manifest:
         manifest.results.update(merge_workspaces(ws, cfg, list(parts or [])))
 
 
@@ -99,8 +102,12 @@ def describe(
     from ..options import workspace_config
     from .describe import describe_workspace
 
+    from ..locks import stage_lock
+
     ws, cfg = workspace_config(workspace, preset, config, overrides)
-    with recording("describe", ws.tiles_dir, config=cfg, filename="manifest-describe.json") as manifest:
+    # describe rewrites the slides' files: never beside a tile run (the same lock)
+    with stage_lock(ws.lock_path("tile"), "tile"), \
+            recording("describe", ws.tiles_dir, config=cfg, filename="manifest-describe.json") as manifest:
         summary = describe_workspace(ws, cfg, force=force)
         manifest.results.update(summary)
     info(f"{summary['described']} slides described ({summary['tiles_described']} tiles); "

@@ -35,8 +35,7 @@ def describe_slide(path: Path) -> int:
     """Compute and store the descriptors of one slide's tiles; returns the number of tiles."""
     import h5py
 
-    from .descriptors import DESCRIPTORS, describe
-    from .tiler import write_descriptors
+    from .descriptors import DESCRIPTORS, describe, write_descriptors
 
     with h5py.File(path, "r") as f:
         imgs, mpp = f["imgs"], float(f["coords"].attrs["mpp"])

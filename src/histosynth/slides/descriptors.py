@@ -191,3 +191,14 @@ def bin_words(values, edges: dict[str, list[float]], levels=LEVELS) -> list[dict
         for row, i in zip(out, idx):
             row[name] = levels[int(i)]
     return out
+
+
+def write_descriptors(f, values: dict) -> None:
+    """The `descriptors` group of an open slide HDF5 file `f` (h5py): one float64 dataset per
+    descriptor, with its unit and definition."""
+    group = f.require_group("descriptors")
+    for name, (unit, definition) in DESCRIPTORS.items():
+        if name in group:
+            del group[name]
+        dset = group.create_dataset(name, data=np.asarray(values[name], dtype=np.float64))
+        dset.attrs.update(unit=unit, definition=definition)

@@ -230,9 +230,8 @@ def tile_dataset(spec: TileDatasetSpec, out: Path, cfg, assume_mpp: float | None
     import h5py
 
     from ..fileio import atomic_path
-    from .descriptors import DESCRIPTORS, describe_one
-    from .tiler import TISSUE_RULE, write_descriptors
-    from .tissue import tissue_fraction
+    from .descriptors import DESCRIPTORS, describe_one, write_descriptors
+    from .tissue import TISSUE_RULE, tissue_fraction
 
     if not assume_mpp:
         raise HistosynthError(f"{spec.root}: plain images carry no scale; pass --assume-mpp X "

@@ -31,9 +31,8 @@ from ..fileio import atomic_path
 from ..manifest import recording
 from ..workspace import Workspace
 from .reader import SlideMeta, best_level, level0_mpp, open_slide, slide_meta
-from .tissue import tile_fractions, tissue_fraction, tissue_mask
+from .tissue import TISSUE_RULE, tile_fractions, tissue_fraction, tissue_mask
 
-TISSUE_RULE = 2               # version of the tissue rule (tissue.py); slides tiled by another are redone
 MASK_PX_PER_TILE = 16         # tissue-mask pixels along a tile edge (CLAM segments at ~64x downsample)
 MAX_MASK_DOWNSAMPLE = 64
 QA_THUMBNAIL_PX = 1024        # long side of the QA picture
@@ -88,16 +87,25 @@ def plan_grid(slide, path: Path, cfg: SlidesConfig, overview, mpp0: float) -> Gr
     ys = np.round(np.arange(int((height - extent0) // step0) + 1) * step0).astype(np.int64)
     coords = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)   # row-major: y outer, x inner
 
-    mask_downsample = float(np.clip(extent0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE))
-    thumb = overview.resize((max(1, round(width / mask_downsample)), max(1, round(height / mask_downsample))),
-                            Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
-    rgb = np.asarray(thumb)
-    fx, fy = width / rgb.shape[1], height / rgb.shape[0]
-    mask = tissue_mask(rgb, tile_px=extent0 / fx, mpp=mpp0 * fx)
+    mask, fx, fy = overview_mask(overview, (width, height), extent0, mpp0)
     if not mask.any():
         raise HistosynthError(f"{path}: no tissue found (the slide looks blank)")
     boxes = np.concatenate([coords / [fx, fy], (coords + extent0) / [fx, fy]], axis=1)
     return Grid(level, downsample, scale, cfg.size, coords, tile_fractions(mask, boxes))
+
+
+def overview_mask(overview, dimensions: tuple[int, int], extent0: float, mpp0: float):
+    """The slide-level tissue mask at MASK_PX_PER_TILE pixels per tile edge (`extent0`: the tile edge
+    in level-0 px); returns (mask, fx, fy), fx/fy level-0 px per mask pixel."""
+    from PIL import Image
+
+    width, height = dimensions
+    mask_downsample = float(np.clip(extent0 / MASK_PX_PER_TILE, 1, MAX_MASK_DOWNSAMPLE))
+    thumb = overview.resize((max(1, round(width / mask_downsample)), max(1, round(height / mask_downsample))),
+                            Image.Resampling.BOX) if overview.width * mask_downsample > 1.01 * width else overview
+    rgb = np.asarray(thumb.convert("RGB"))
+    fx, fy = width / rgb.shape[1], height / rgb.shape[0]
+    return tissue_mask(rgb, tile_px=extent0 / fx, mpp=mpp0 * fx), fx, fy
 
 
 def runs_of(coords: np.ndarray, step0: float) -> list[np.ndarray]:
@@ -175,7 +183,7 @@ def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, candidates: np.nd
     the grid indices of the kept tiles. `on_tiles(read, total)` reports progress within the slide."""
     import h5py
 
-    from .descriptors import DESCRIPTORS
+    from .descriptors import DESCRIPTORS, write_descriptors
 
     cand = np.flatnonzero(candidates)
     coords = grid.coords[cand]
@@ -223,18 +231,6 @@ def write_slide(out: Path, slide, meta: SlideMeta, grid: Grid, candidates: np.nd
         if cfg.descriptors:
             write_descriptors(f, {name: [r[name] for r in rows] for name in DESCRIPTORS})
     return np.asarray(kept, dtype=np.int64)
-
-
-def write_descriptors(f, values: dict) -> None:
-    """The `descriptors` group of a slide's HDF5: one float64 dataset per descriptor, with its unit."""
-    from .descriptors import DESCRIPTORS
-
-    group = f.require_group("descriptors")
-    for name, (unit, definition) in DESCRIPTORS.items():
-        if name in group:
-            del group[name]
-        dset = group.create_dataset(name, data=np.asarray(values[name], dtype=np.float64))
-        dset.attrs.update(unit=unit, definition=definition)
 
 
 def save_qa_thumbnail(path: Path, slide, overview, grid: Grid, keep: np.ndarray, meta: SlideMeta) -> None:
@@ -432,7 +428,9 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
              "scale applies to one run only; pass --assume-mpp to the run that needs it")
     scfg = cfg.slides.model_copy(update={"assume_mpp": assume_mpp})   # in memory only, never saved
     manifest_name = "manifest.json" if shard is None else f"manifest-shard-{shard[0]}-of-{shard[1]}.json"
-    with stage_lock(ws.lock_path("tile"), "tile"), \
+    # shards of one array job share the workspace by design (disjoint slides): one lock per shard
+    lock = ws.lock_path("tile" if shard is None else f"tile-shard-{shard[0]}-of-{shard[1]}")
+    with stage_lock(lock, "tile"), \
             recording("tile", ws.tiles_dir, config=cfg, seeds={"split": cfg.split.seed},
                       filename=manifest_name) as manifest:
         manifest.results["assume_mpp"] = assume_mpp

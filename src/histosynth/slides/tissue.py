@@ -14,7 +14,7 @@ ink), by colour in optical density (Beer-Lambert: ink adds its own absorbance to
             absorbs far less blue than green; DAB absorbs red too);
   blue   -- hue between cyan and haematoxylin's blue-purple, strongly saturated;
   green  -- green to cyan hues, never H&E, DAB or haematoxylin;
-  black  -- very dark after smoothing (marker, slide edges, debris).
+  black  -- very dark after smoothing, or dark and grey (marker, slide edges, debris).
 
 `tissue_mask` (slide level) then closes the mask, drops specks and fills holes smaller than a tile.
 `tissue_fraction` (tile level) is the share of a tile's own pixels that the pixel rule calls tissue,
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+TISSUE_RULE = 2              # version of these rules, recorded per slide; slides tiled by another are redone
 SAT_RANGE = (0.03, 0.08)     # the Otsu threshold of saturation is clipped into this range (slide level)
 TILE_SAT = 0.06              # fixed saturation threshold of the tile-level rule (one tile has no Otsu)
 TEXTURE_STD = 4.0            # grey levels (0-255): local spread above this is tissue, not glass
@@ -41,7 +42,9 @@ RED_HUE = 0.06               # ... or a red hue (within this of 0) saturated abo
 RED_SAT = 0.85
 GREEN_SAT = 0.1
 TINT_SAT = 0.02
-BLACK_VALUE = 0.15           # smoothed HSV value below this: black ink, slide edge, debris
+BLACK_VALUE = 0.10           # smoothed HSV value below this: black ink, slide edge, debris ...
+BLACK_GREY_VALUE = 0.2       # ... or below this and nearly grey (a dense lymphocyte sheet smooths
+BLACK_GREY_SAT = 0.3         # to dark purple, value >= 0.14 and saturated)
 INK_COLOURS = ("red", "blue", "green", "black")
 
 
@@ -86,7 +89,7 @@ def _ink(x: np.ndarray) -> dict[str, np.ndarray]:
         "red": ((g > RED_MIN_OD) & (b / g_safe > RED_BG) & (r / g_safe < RED_RG)) | (red_hue & (sat > RED_SAT)),
         "blue": (hue > BLUE_HUES[0]) & (hue < BLUE_HUES[1]) & (sat > BLUE_SAT),
         "green": (hue > GREEN_HUES[0]) & (hue <= GREEN_HUES[1]) & (sat > GREEN_SAT),
-        "black": value < BLACK_VALUE,
+        "black": (value < BLACK_VALUE) | ((value < BLACK_GREY_VALUE) & (sat < BLACK_GREY_SAT)),
         "tint": (hue > GREEN_HUES[0]) & (hue <= GREEN_HUES[1]) & (sat > TINT_SAT),
     }
 
@@ -116,7 +119,7 @@ def ink_mask(rgb: np.ndarray, mpp: float | None) -> np.ndarray:
     return np.logical_or.reduce(list(ink_masks(rgb, mpp).values()))
 
 
-def stained(rgb: np.ndarray, mpp: float | None, sat_threshold: float) -> np.ndarray:
+def stained(rgb: np.ndarray, mpp: float | None, sat_threshold: float, with_ink: bool = False):
     """The pixel rule: saturated or textured (at fine resolution), not green-cyan tinted, not ink."""
     from scipy.ndimage import median_filter, uniform_filter
 
@@ -130,7 +133,9 @@ def stained(rgb: np.ndarray, mpp: float | None, sat_threshold: float) -> np.ndar
         spread = np.sqrt(np.maximum(uniform_filter(grey * grey, 3) - mean * mean, 0))
         mask |= spread > TEXTURE_STD
     inks, tint = _ink_and_tint(rgb, mpp)
-    return mask & ~tint & ~np.logical_or.reduce(list(inks.values()))
+    ink = np.logical_or.reduce(list(inks.values()))
+    mask &= ~tint & ~ink
+    return (mask, ink) if with_ink else mask
 
 
 def saturation_threshold(rgb: np.ndarray) -> float:
@@ -148,10 +153,12 @@ def tissue_mask(rgb: np.ndarray, tile_px: float, mpp: float | None = None) -> np
     the tile edge in this image's pixels. Used to choose candidate tiles."""
     from skimage.morphology import closing, disk, remove_small_holes, remove_small_objects
 
-    mask = closing(stained(rgb, mpp, saturation_threshold(rgb)), disk(2))
+    mask, ink = stained(rgb, mpp, saturation_threshold(rgb), with_ink=True)
+    mask = closing(mask, disk(2))
     tile_area = max(tile_px, 1.0) ** 2
     mask = remove_small_objects(mask, max_size=max(int(tile_area * 0.25), 4))  # specks, dust
-    return remove_small_holes(mask, max_size=max(int(tile_area), 4))           # lumina, tears
+    mask = remove_small_holes(mask, max_size=max(int(tile_area), 4))           # lumina, tears
+    return mask & ~ink      # ink last: a stroke across tissue is not a hole to fill
 
 
 def tile_tissue_mask(tile: np.ndarray, mpp: float) -> np.ndarray:

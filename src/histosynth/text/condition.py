@@ -5,10 +5,8 @@ index's `prob_<field>` columns; each probability is binned into `levels` (["low"
 0.5 is low). Patch-descriptor fields ({nuclei}, {nuclear_area}, {fat}, {stroma}, {h}, {e}, {tissue};
 slides/descriptors.py) take the tile index's `level_<field>` word instead: the descriptor binned
 by quantile edges fitted on the training tiles (tiles/descriptor_edges.json), so embed and sample
-read the same word for a tile. Tile-dataset fields ({label}: the class folder, {caption}: the CSV's
-caption) take the tile index's `label` / `caption` text; a label reads as words (leading ordering
-digits dropped, underscores as spaces, lower case: "07_ADIPOSE" -> "adipose"); their tokens count
-against the budget like a summary's. PathLDM's `levels[int(p * len(levels))]` raises at p = 1.0; here the top bin is closed.
+read the same word for a tile. `{label}` and `{caption}` are a tile dataset's class folder and CSV
+caption (tile index columns), used as they are. PathLDM's `levels[int(p * len(levels))]` raises at p = 1.0; here the top bin is closed.
 The empty string is the unconditional text of classifier-free guidance.
 """
 
@@ -25,7 +23,8 @@ SUMMARY_FIELD = "summary"
 # as plain data so that this module stays free of the slides stage)
 DESCRIPTOR_FIELDS = ("nuclei", "nuclear_area", "h", "e", "fat", "stroma", "tissue")
 DESCRIPTOR_LEVELS = ("low", "medium", "high")
-TEXT_FIELDS = ("label", "caption")   # tile datasets (slides/images.py): the index column's text
+# the tile's own text from a tile dataset (slides/images.py): class folder name, CSV caption; as is
+TILE_TEXT_FIELDS = ("label", "caption")
 
 
 def template_fields(template: str) -> list[str]:
@@ -42,16 +41,9 @@ def template_fields(template: str) -> list[str]:
 
 def score_column(field: str) -> str:
     """Template field -> tile index column ({tumor} -> prob_tumor, {nuclei} -> level_nuclei)."""
-    if field in TEXT_FIELDS:
+    if field in TILE_TEXT_FIELDS:
         return field
     return f"level_{field}" if field in DESCRIPTOR_FIELDS else f"prob_{field}"
-
-
-def label_words(label: str) -> str:
-    """A class-folder name as condition words: "07_ADIPOSE" -> "adipose"."""
-    import re
-
-    return re.sub(r"^[\d\W_]+", "", str(label)).replace("_", " ").strip().lower()
 
 
 def level_of(p: float, levels: list[str]) -> str:
@@ -70,13 +62,13 @@ def condition_text(template: str, summary: str, scores: dict[str, float | str], 
         if field not in scores:
             raise HistosynthError(f"text.template needs score '{field}' ({score_column(field)}), which is missing")
         value = scores[field]
-        if field in DESCRIPTOR_FIELDS:   # already a word (the tile index's level_<field>)
+        if field in TILE_TEXT_FIELDS:
+            values[field] = "" if value is None else str(value)
+        elif field in DESCRIPTOR_FIELDS:   # already a word (the tile index's level_<field>)
             if value not in DESCRIPTOR_LEVELS:
                 raise HistosynthError(f"descriptor field '{field}': {value!r} is not one of {DESCRIPTOR_LEVELS}; "
                                       "run `histosynth describe -w WS`")
             values[field] = value
-        elif field in TEXT_FIELDS:
-            values[field] = label_words(value) if field == "label" else str(value).strip()
         else:
             values[field] = level_of(value, levels)
     return template.format(summary=summary, **values).strip()
@@ -84,7 +76,7 @@ def condition_text(template: str, summary: str, scores: dict[str, float | str], 
 
 def tile_condition_text(tile, template: str, summary: str, levels: list[str]) -> str:
     """A tile's condition text: its `prob_<field>` columns (a tile-index row) fill the template."""
-    scores = {f: (getattr(tile, score_column(f)) if f in DESCRIPTOR_FIELDS + TEXT_FIELDS
+    scores = {f: (getattr(tile, score_column(f)) if f in DESCRIPTOR_FIELDS + TILE_TEXT_FIELDS
                   else float(getattr(tile, score_column(f))))
               for f in template_fields(template)}
     return condition_text(template, summary, scores, levels)
@@ -112,8 +104,8 @@ def context_length_for(encoder_or_tokenizer, template: str, budget: int, levels:
 
 
 def _field_values(field: str, levels: list[str]) -> list:
-    if field in TEXT_FIELDS:
-        return [""]  # free text: its tokens come out of the budget, like a summary's
+    if field in TILE_TEXT_FIELDS:   # free text, like the summary: embed checks every text fits
+        return [""]
     return list(DESCRIPTOR_LEVELS) if field in DESCRIPTOR_FIELDS else _level_probabilities(levels)
 
 
