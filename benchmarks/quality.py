@@ -122,18 +122,16 @@ KATHER_SUBSETS = (("kather2016_tiles_original", 0.495), ("kather2016_tiles_tfds_
 
 
 def data_path(name: str) -> Path:
-    """The real data through the project's registry (its mirror variable), else ../shared/data."""
-    relative = {"cmu1": "slides/CMU-1-Small-Region.svs", "kather": "tiles"}[name]
-    try:
-        from histosynth import datasets  # the data registry (URL + sha256, local mirror by env var)
+    """The real data through the project's data registry (HISTOSYNTH_DATA_MIRROR, cache or upstream;
+    sha256 checked): the slide, or the folder holding the Kather subsets."""
+    from histosynth import datasets
 
-        return Path(datasets.fetch({"cmu1": "cmu-1-small-region", "kather": "kather2016-tiles"}[name]))
-    except (ImportError, AttributeError):
-        shared = Path(os.environ.get("HISTOSYNTH_SHARED_DATA", ROOT.parent / "shared" / "data"))
-        path = shared / relative
-        if not path.exists():
-            raise SystemExit(f"quality: {path} not found (the real H&E data; see ../shared/data/README.md)")
-        return path
+    try:
+        if name == "cmu1":
+            return datasets.fetch("slides/CMU-1-Small-Region.svs")
+        return [datasets.fetch_folder(f"tiles/{folder}") for folder, _ in KATHER_SUBSETS][0].parent
+    except datasets.DataUnavailable as exc:
+        raise SystemExit(f"quality: {exc}") from None
 
 
 def subsample(ws, max_tiles: int, seed: int = 0) -> None:

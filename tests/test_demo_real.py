@@ -20,15 +20,9 @@ SMOKE = ("slides.mpp=2.0", "slides.size=32", "vae.steps=4", "vae.cache_dihedral=
 
 @pytest.fixture(scope="module")
 def real_demo(tmp_path_factory):
-    slide = shared_file("slides/CMU-1-Small-Region.svs")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("HISTOSYNTH_SHARED_DATA", str(slide.parents[1]))
+    shared_file("slides/CMU-1-Small-Region.svs")  # through the data registry, as the demo reads it
     out = tmp_path_factory.mktemp("demo-real")
-    try:
-        html = run_demo(out, overrides=SMOKE, data="real")
-    finally:
-        mp.undo()
-    return out, html
+    return out, run_demo(out, overrides=SMOKE, data="real")
 
 
 def test_real_demo_reports_the_conditioning_with_controls(real_demo):
@@ -60,7 +54,6 @@ def test_real_demo_splits_the_slide_by_region(real_demo):
 
 
 def test_real_demo_refuses_without_data(tmp_path, monkeypatch):
-    monkeypatch.delenv("HISTOSYNTH_SHARED_DATA", raising=False)
     monkeypatch.setattr("histosynth.experiments.demo.real_data", lambda: None)
     with pytest.raises(HistosynthError, match="no real H&E"):
         run_demo(tmp_path / "out", data="real")

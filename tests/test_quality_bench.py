@@ -54,10 +54,11 @@ def test_targets_follow_the_issue_rules():
 
 
 def test_quick_benchmark_runs_both_comparisons(tmp_path):
-    data = shared_file("slides/CMU-1-Small-Region.svs").parents[1]
+    shared_file("slides/CMU-1-Small-Region.svs")  # through the data registry, as the benchmark reads them
     shared_file("tiles/kather2016_tiles_original")
+    shared_file("tiles/kather2016_tiles_tfds_resized224")
     out, work = tmp_path / "quality.json", tmp_path / "work"
-    env = {**os.environ, "HISTOSYNTH_SHARED_DATA": str(data), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), "--quick", "--work", str(work),
                            "--out", str(out), "--images", str(tmp_path)], capture_output=True, text=True,
                           env=env, timeout=900)

@@ -36,7 +36,8 @@ PROMPT_SAMPLES = 8        # images per prompt in the report
 MAX_PROMPTS = 4           # distinct condition texts shown
 GRID_TILES = 32           # tiles per side of the real-vs-generated picture
 DATA_CHOICES = ("auto", "real", "sample")
-REAL_DATA_HINT = "set HISTOSYNTH_SHARED_DATA to the real-data mirror, e.g. ../shared/data"
+REAL_DATA_HINT = "set HISTOSYNTH_DATA_MIRROR to the real-data mirror, e.g. ../shared/data"
+CMU1 = "slides/CMU-1-Small-Region.svs"
 DESCRIPTOR_TEMPLATE = "{nuclei} nuclei density; {stroma} stroma"  # no {fat}: constant on CMU-1's tiles
 # Real H&E at tiny-cpu scale: enough steps for the text to steer the images, within 10 min on 2 cores.
 REAL_TINY_SETTINGS = ("vae.steps=200", "train.steps=600", "train.checkpoint_every=100", "train.validation_images=0",
@@ -245,7 +246,7 @@ class RealData:
 
 def real_data() -> RealData | None:
     """Real H&E from the data registry (its local mirror), or None: then the demo uses the built-in sample."""
-    slide = registry_path("slides/CMU-1-Small-Region.svs")
+    slide = registry_path(CMU1)
     if slide is None:
         return None
     return RealData(
@@ -261,18 +262,16 @@ def real_data() -> RealData | None:
                     "the real test tiles against their own levels (the attainable maximum).")
 
 
-def registry_path(relative: str) -> Path | None:
-    """A file of the real-data mirror (`histosynth.datasets` when present, else $HISTOSYNTH_SHARED_DATA)."""
-    import os
+def registry_path(name: str) -> Path | None:
+    """A real-data file through the data registry (its mirror, cache or upstream URL, sha256 checked);
+    None when it cannot be had here."""
+    from .. import datasets
 
     try:
-        from .. import datasets
-
-        return datasets.local_path(relative)
-    except (ImportError, AttributeError):
-        root = os.environ.get("HISTOSYNTH_SHARED_DATA")
-        path = Path(root) / relative if root else None
-        return path if path is not None and path.exists() else None
+        return datasets.fetch(name)
+    except datasets.DataUnavailable as exc:
+        info(f"demo: no real H&E ({exc}); using the built-in sample")
+        return None
 
 
 def is_smoke(cfg: HistoSynthConfig) -> bool:
