@@ -1,4 +1,4 @@
-"""The experiments' own parts, without running any stage: ablation table, plots, HTML report."""
+"""The experiments' own parts, without running any stage: the grid's analysis, plots, HTML report."""
 
 from __future__ import annotations
 
@@ -11,60 +11,73 @@ from PIL import Image
 from histosynth.experiments import ablate, report
 
 
-def cell(budget, seed, fid, mem_mib, kid=float("nan")):
-    return {"budget": budget, "seed": seed, "mean_tokens": budget * 0.8, "fid": fid, "kid": kid,
-            "stain_distance": 0.1 * seed, "memorization": 0.5, "peak_train_memory_mib": mem_mib, "step_time_s": 0.2}
+def grid_data(shift: float = 0.0, seeds=(0, 1), n: int = 30):
+    """Runs and per-image values of three cells: baseline, a shifted one, and a copy of the baseline."""
+    import pandas as pd
+
+    cells = [ablate.Cell(35, "minilm", "summary", "full"), ablate.Cell(35, "minilm", "none", "full"),
+             ablate.Cell(35, "random-clip", "summary", "full")]
+    rng = np.random.default_rng(0)
+    base = rng.gamma(2.0, 0.01, size=(len(seeds), n))
+    runs, images = [], []
+    for cell in cells:
+        for rank, seed in enumerate(seeds):
+            values = base[rank] + (shift if cell.fields == "none" else 0.0) + rng.normal(0, 1e-4, n)
+            frame = pd.DataFrame({"index": range(n), "tile_id": range(n), "stain_error": values,
+                                  "colour_error": values * 10, "cell": cell.name, "seed": seed, "seed_rank": rank})
+            images.append(frame)
+            runs.append({"cell": cell.name, **cell.axes(), "seed": seed, "seed_rank": rank, "n_images": n,
+                         "encoder_kind": "random" if "random" in cell.encoder else "real",
+                         "eval:stain.frechet_hed": 0.1 + seed, "eval:fid": math.nan, "stain_error": values.mean(),
+                         "colour_error": values.mean() * 10, "peak_train_memory_mib": 100.0, "step_time_s": 0.2})
+    return cells, pd.DataFrame(runs), pd.concat(images, ignore_index=True)
 
 
-def test_aggregate_mean_and_spread_over_seeds():
-    rows = [cell(35, 0, 20.0, 100), cell(35, 1, 22.0, 110), cell(20, 0, 30.0, 90), cell(20, 1, 34.0, 90)]
-    table = ablate.aggregate(rows)
-    assert list(table["budget"]) == [20, 35]
-    t35 = table.set_index("budget").loc[35]
-    assert t35["fid_mean"] == pytest.approx(21.0)
-    assert t35["fid_sd"] == pytest.approx(math.sqrt(2.0))
-    assert t35["peak_train_memory_mib_mean"] == pytest.approx(105)
-    assert t35["n_seeds"] == 2
-    assert math.isnan(t35["kid_mean"])  # skipped metric stays NaN, never a made-up 0
+def test_table_has_mean_sd_over_seeds_and_image_intervals():
+    cells, runs, images = grid_data()
+    table = ablate.summary_table(runs, images, cells).set_index("cell")
+    row = table.loc["b35_minilm_summary_full"]
+    assert row["eval:stain.frechet_hed_mean"] == pytest.approx(0.6)
+    assert row["eval:stain.frechet_hed_sd"] == pytest.approx(math.sqrt(0.5))
+    assert math.isnan(row["eval:fid_mean"])  # a skipped metric stays NaN, never a made-up 0
+    assert row["stain_error_ci_lo"] < row["stain_error_mean"] < row["stain_error_ci_hi"]
+    assert row["n_seeds"] == 2 and row["n_images"] == 60
 
 
-def test_markdown_table_marks_skipped_metrics_and_spread():
-    table = ablate.aggregate([cell(35, 0, 20.0, 100), cell(35, 1, 22.0, 110), cell(154, 0, 25.0, 130)])
-    md = ablate.markdown_table(table)
-    lines = md.splitlines()
-    assert lines[0].startswith("| budget | mean tokens | FID | KID |")
-    row35 = next(l for l in lines if l.startswith("| 35 |"))
-    assert "21.00 ± 1.41" in row35 and "n/a" in row35
-    row154 = next(l for l in lines if l.startswith("| 154 |"))
-    assert "25.00" in row154 and "±" not in row154  # one seed: no spread to show
+def test_comparisons_flag_the_shift_not_the_copy_and_say_so():
+    cells, runs, images = grid_data(shift=0.02)
+    comparisons = ablate.compare_cells(images, cells, cells[0])
+    flagged = set(comparisons.loc[comparisons["outside_noise"], "cell"])
+    assert flagged == {"b35_minilm_none_full"}
+    assert (comparisons["p_holm"] >= comparisons["p"]).all()
+    encoders = {"minilm": {"kind": "real"}, "random-clip": {"kind": "random"}}
+    sentences = ablate.axis_sentences(comparisons, cells, cells[0], encoders)
+    assert sentences["fields"].startswith("fields (baseline summary): outside the noise: none")
+    assert "no difference outside the noise" in sentences["encoder"] and "no conclusion" in sentences["encoder"]
+    table = ablate.summary_table(runs, images, cells)
+    page = ablate.markdown(table, comparisons, sentences, cells[0], encoders)
+    assert "randomly initialised towers" in page and "Holm" in page and " ± " in page
 
 
-def test_tables_and_plots_written(tmp_path):
-    rows = [cell(20, 0, 30.0, 90), cell(35, 0, 20.0, 100)]
-    table = ablate.aggregate(rows)
-    ablate.write_tables(rows, table, tmp_path)
-    paths = ablate.plot_ablation(table, tmp_path)
-    assert {p.name for p in paths} == {"metrics_vs_budget.png", "memory_vs_budget.png"}
-    for p in paths:
-        assert Image.open(p).size[0] > 300
-    assert (tmp_path / "table.csv").read_text().startswith("budget,")
-    assert "| 20 |" in (tmp_path / "table.md").read_text()
+def test_analysis_writes_tables_and_one_plot_per_axis(tmp_path):
+    cells, runs, images = grid_data(shift=0.02)
+    frames = [images[(images["cell"] == c.name) & (images["seed"] == s)] for c in cells for s in (0, 1)]
+    spec = ablate.GridSpec(fields=["summary", "none"], encoders=["minilm", "random-clip"], seeds=[0, 1])
+    encoders = {"minilm": {"kind": "real"}, "random-clip": {"kind": "random"}}
+    page = ablate.analyse(runs.to_dict(orient="records"), frames, cells, cells[0], spec, encoders, tmp_path)
+    assert page == tmp_path / "table.md"
+    for name in ("table.csv", "comparisons.csv", "runs.csv", "per_image.csv", ablate.GRID_FILE):
+        assert (tmp_path / name).exists()
+    for axis in ("fields", "encoder"):
+        assert Image.open(tmp_path / f"axis-{axis}.png").size[0] > 300
 
 
-def test_quality_scores_reads_nested_metrics_and_skips():
-    scores = {"metrics": {"stain": {"w1_h": 0.1, "frechet_hed": 0.3},
-                          "memorization": {"near_copies": 0, "near_copy_share": 0.0}},
-              "skipped": {"fid": "no weights", "kid": "no weights"}}
-    q = ablate.quality_scores(scores)
-    assert q["stain_distance"] == 0.3 and q["memorization"] == 0.0
-    assert math.isnan(q["fid"]) and math.isnan(q["kid"])
-    q = ablate.quality_scores({"metrics": {"fid": 12.5, "kid": {"kid": 0.01, "kid_std": 0.002}}})
-    assert q["fid"] == 12.5 and q["kid"] == 0.01
-
-
-def test_seed_list():
-    assert ablate.seed_list(3) == [0, 1, 2]
-    assert ablate.seed_list([5, 7]) == [5, 7]
+def test_set_metrics_flattens_every_numeric_metric():
+    scores = {"metrics": {"stain": {"w1_h": 0.1, "frechet_hed": 0.3}, "fid": 12.5, "note": "x",
+                          "memorization": {"near_copies": 0, "train": {"n": 5}}}}
+    flat = ablate.set_metrics(scores)
+    assert flat == {"eval:stain.w1_h": 0.1, "eval:stain.frechet_hed": 0.3, "eval:fid": 12.5,
+                    "eval:memorization.near_copies": 0.0, "eval:memorization.train.n": 5.0}
 
 
 def _png(path, colour):

@@ -1,15 +1,13 @@
-"""The demo and the ablation end to end, at smoke scale on the built-in sample."""
+"""The demo end to end, at smoke scale on the built-in sample (the ablation grid: test_ablate_grid.py)."""
 
 from __future__ import annotations
 
 import json
 import time
 
-import pandas as pd
 import pytest
 from PIL import Image
 
-from histosynth.experiments.ablate import run_ablation
 from histosynth.experiments.demo import run_demo
 from histosynth.workspace import Workspace
 
@@ -58,24 +56,3 @@ def test_demo_rerun_skips_finished_stages(demo_out):
     assert time.perf_counter() - t0 < 30
     results = json.loads((out / "report" / "results.json").read_text())
     assert {s["status"] for s in results["stages"]} == {"resumed"}
-
-
-def test_ablation_smoke_resumes_per_cell(demo_out):
-    out, _ = demo_out
-    ws = Workspace(out / "workspace")
-    cfg = ws.config(overrides=["train.steps=4", "train.checkpoint_every=4"])
-    table_csv = run_ablation(ws, cfg, budgets=[20, 35], seeds=1, n_samples=4)
-    table = pd.read_csv(table_csv)
-    assert list(table["budget"]) == [20, 35]
-    assert (table["mean_tokens_mean"] <= table["budget"]).all()
-    assert (table["peak_train_memory_mib_mean"] > 0).all() and (table["step_time_s_mean"] > 0).all()
-    assert table["stain_distance_mean"].notna().all()
-    folder = table_csv.parent
-    for name in ("table.md", "metrics_vs_budget.png", "memory_vs_budget.png", "cells.csv"):
-        assert (folder / name).exists()
-    marker = folder / "budget-20" / "seed-0" / "result.json"
-    stamp = marker.stat().st_mtime_ns
-    t0 = time.perf_counter()
-    run_ablation(ws, cfg, budgets=[20, 35], seeds=1, n_samples=4)
-    assert marker.stat().st_mtime_ns == stamp  # finished cells are not redone
-    assert time.perf_counter() - t0 < 30

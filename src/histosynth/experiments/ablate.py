@@ -70,6 +70,8 @@ CONTENTS: dict[str, tuple[str, tuple[str, ...]] | None] = {
 REAL_OFFLINE_ENCODERS = ("minilm",)
 RANDOM_ENCODERS = ("random-clip", "random-bert")
 PER_IMAGE = ("stain_error", "colour_error")   # per-image fidelity to the conditioning tile (lower is better)
+CELL_FILE = "cell.json"          # one (cell, seed)'s figures, in WS/ablation/<cell>/seed-<s>/
+GRID_FILE = "grid.json"          # the grid's comparisons and sentences, in WS/ablation/
 RANDOM_NOTE = ("Encoders marked 'random' are randomly initialised towers (no weights offline): their cells check "
                "the machinery and support no conclusion about that encoder.")
 
@@ -201,9 +203,9 @@ def run_cell(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, s
     key = inputs_hash(config=cell_cfg.model_dump(mode="json"), n=spec.n, split=spec.split,
                       sample_seed=spec.sample_seed, axes=cell.axes())
     unit = f"{cell.name}/seed-{seed}"
-    if log.done(unit, key) and (folder / "result.json").exists() and (folder / "per_image.csv").exists():
+    if log.done(unit, key) and (folder / CELL_FILE).exists() and (folder / "per_image.csv").exists():
         info(f"ablate: {unit}: done before, skipped")
-        return read_json(folder / "result.json"), pd.read_csv(folder / "per_image.csv")
+        return read_json(folder / CELL_FILE), pd.read_csv(folder / "per_image.csv")
     log.mark(unit, key, "running")
     cell_ws = ws if cell.content == "full" else content_workspace(ws, cell.content)
     stages = ["summarize", "embed", "train", "sample", "evaluate"]
@@ -219,7 +221,7 @@ def run_cell(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, s
     per_image = per_image_fidelity(cell_ws, folder / "samples")
     with atomic_path(folder / "per_image.csv") as tmp:
         per_image.to_csv(tmp, index=False)
-    train_results = read_json(cell_ws.run_dir(run_name) / "manifest.json").get("results", {})
+    train_results = train_figures(cell_ws.run_dir(run_name))
     row = {"cell": cell.name, **cell.axes(), "seed": seed, "encoder_kind": encoder["kind"], "n_images": n,
            "run": str(cell_ws.run_dir(run_name)),
            **set_metrics(read_json(folder / "eval" / "eval.json")),
@@ -227,9 +229,21 @@ def run_cell(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, cell: Cell, s
            "peak_train_memory_mib": train_results.get("peak_memory_bytes", math.nan) / 2**20,
            "memory_kind": train_results.get("memory_kind"),
            "step_time_s": train_results.get("step_time_s", math.nan)}
-    write_json(folder / "result.json", row)
-    log.mark(unit, key, "done", output=str(folder / "result.json"))
+    write_json(folder / CELL_FILE, row)
+    log.mark(unit, key, "done", output=str(folder / CELL_FILE))
     return row, per_image
+
+
+def train_figures(run_dir: Path) -> dict:
+    """The run's memory and step-time figures: its typed TrainResult, else (older runs) its manifest."""
+    from ..results import TrainResult
+
+    if TrainResult.exists(run_dir):
+        return TrainResult.load(run_dir).model_dump()
+    from ..runfolder import MANIFEST_FILE
+
+    manifest = run_dir / MANIFEST_FILE
+    return read_json(manifest).get("results", {}) if manifest.exists() else {}
 
 
 def images_per_cell(ws: Workspace, spec: GridSpec) -> int:
@@ -392,7 +406,7 @@ def analyse(rows: list[dict], images: list, cells: list[Cell], base: Cell, spec:
     with atomic_path(out / "comparisons.csv") as tmp:
         comparisons.to_csv(tmp, index=False)
     plots = plot_axes(table, cells, base, out)
-    write_json(out / "result.json", {"baseline": base.name, "test": stats.TEST_NAME, "sentences": sentences,
+    write_json(out / GRID_FILE, {"baseline": base.name, "test": stats.TEST_NAME, "sentences": sentences,
                                      "comparisons": comparisons.to_dict(orient="records"),
                                      "plots": [str(p) for p in plots]})
     path = out / "table.md"

@@ -61,6 +61,9 @@ def ablate(
     spec = load_grid(grid, budgets=_csv("--budgets", budgets, int), encoders=_csv("--encoders", encoders),
                      fields=_csv("--fields", fields), contents=_csv("--contents", contents), seeds=seed_list,
                      baseline=baseline, n=n_samples, split=split, threads=threads)
+    from ..workspace import Workspace
+
+    Workspace(workspace).require(Workspace(workspace).tile_index_path, "tile")  # before any file is written
     ws, cfg = workspace_config(workspace, preset, config, overrides)
     typer.echo(run_grid(ws, cfg, spec, preset=preset, overrides=overrides))
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import distributed
 from ..console import HistosynthError, info, track
 from ..fileio import atomic_path, write_json
 from ..imageio import to_uint8, to_unit_range
@@ -82,7 +83,7 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
         raise HistosynthError(f"{ws.tile_index_path}: no tiles to encode")
     ids = index["tile_id"].astype(int).tolist()
     store = TileStore(ws)
-    with recording("encode", out, config=cfg) as manifest:
+    with distributed.on_main(recording, "encode", out, config=cfg) as manifest:  # rank 0 records
         manifest.add_input(ws.tile_index_path, "tiles/index.parquet")
         shard_of, row_of = [], []
         plan = list(batches(ids, SHARD_TILES))
@@ -90,11 +91,14 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
             path = out / f"shard-{k}.safetensors"
             if path.exists() and shard_is_current(load_file(path), shard_ids, cfg.vae.cache_dihedral):
                 info(f"{path.name}: cached")
-            else:
-                with atomic_path(path) as tmp:
-                    save_file(encode_shard(vae, store, shard_ids, cfg, f"encode shard {k}"), tmp)
+            elif (tensors := encode_shard(vae, store, shard_ids, cfg, f"encode shard {k}")) is not None:
+                with atomic_path(path) as tmp:  # rank 0 writes the shard merged from every rank's batches
+                    save_file(tensors, tmp)
             shard_of += [k] * len(shard_ids)
             row_of += list(range(len(shard_ids)))
+        if not distributed.is_main():  # other ranks: done once rank 0 has written the index
+            distributed.barrier()
+            return out
         shape = list(load_file(out / "shard-0.safetensors")["latents"].shape[1:])
         train_ids = index.loc[index["split"] == "train", "tile_id"].astype(int).tolist() or ids
         check = dihedral_error(vae, store.get(train_ids[: cfg.vae.dihedral_check_tiles])) \
@@ -111,6 +115,7 @@ def encode_workspace(ws, cfg, vae=None) -> Path:
         with atomic_path(out / "tiles.parquet") as tmp:  # written last: its presence means complete
             table.to_parquet(tmp, index=False)
         manifest.results.update(meta)
+    distributed.barrier()
     if check:
         used = "cached variants are used" if cfg.vae.cache_dihedral else "latent-space transforms are used"
         info(f"latents: {len(ids)} tiles {shape}; dihedral in latent space: relative error "
@@ -125,13 +130,20 @@ def shard_is_current(shard: dict, shard_ids: list[int], want_variants: bool) -> 
 
 @torch.no_grad()
 def encode_shard(vae, store, shard_ids: list[int], cfg, label: str) -> dict:
-    """`latents` [n, C, h, w] and, with vae.cache_dihedral, `variants` [n, 7, C, h, w] (k = 1..7)."""
-    lat, var = [], []
-    for chunk in track(list(batches(shard_ids, cfg.vae.encode_batch_size)), label):
+    """`latents` [n, C, h, w] and, with vae.cache_dihedral, `variants` [n, 7, C, h, w] (k = 1..7).
+
+    Under a launcher each rank encodes its share of the batches and rank 0 gets the merged shard
+    (histosynth.distributed); the other ranks get None."""
+    chunks, done = list(batches(shard_ids, cfg.vae.encode_batch_size)), []
+    for i, chunk in track(distributed.my_share(chunks), label):  # this rank's whole batches
         x = to_unit_range(store.get(chunk))
-        lat.append(encode(vae, x).float())
-        if cfg.vae.cache_dihedral:
-            var.append(torch.stack([encode(vae, dihedral(x, k)).float() for k in range(1, 8)], dim=1))
+        variants = torch.stack([encode(vae, dihedral(x, k)).float() for k in range(1, 8)], dim=1) \
+            if cfg.vae.cache_dihedral else None
+        done.append((i, (encode(vae, x).float(), variants)))
+    parts = distributed.gather_ordered(done, len(chunks))  # None on ranks other than 0
+    if parts is None:
+        return None
+    lat, var = [p[0] for p in parts], [p[1] for p in parts if p[1] is not None]
     tensors = {"latents": torch.cat(lat).contiguous(), "tile_id": torch.tensor(shard_ids)}
     if var:
         tensors["variants"] = torch.cat(var).contiguous()

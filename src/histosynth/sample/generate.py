@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import __version__
+from .. import __version__, distributed
 from ..console import HistosynthError, info, track, warn
 from ..fileio import read_json, write_text
 from ..imageio import contact_sheet, load_rgb, png_metadata, save_png
@@ -69,17 +69,22 @@ def sample_run(
     common = dict(sampler=sampler, steps=steps, guidance=guidance, eta=eta, checkpoint_hash=pipe.checkpoint_hash)
     records = [{"file": f"{i:05d}.png", "index": i, "seed": seed + i, **cond, **common}
                for i, cond in enumerate(conditions)]
-    with recording("sample", out, config=cfg, seeds={"seed": seed}) as manifest:
+    with distributed.on_main(recording, "sample", out, config=cfg, seeds={"seed": seed}) as manifest:
         manifest.inputs[str(pipe.unet_dir)] = pipe.checkpoint_hash
+        distributed.barrier()  # every rank sees the same images on disk before splitting the rest
         todo = [r for r in records if not _already_written(out / r["file"], r)]
         if len(todo) < len(records):
             info(f"resuming: {len(records) - len(todo)} of {len(records)} images already written")
         batches = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
-        for batch in track(batches, f"sampling {len(todo)} images ({sampler}, {steps} steps)"):
+        mine = [b for _, b in distributed.my_share(batches)]  # under a launcher: this rank's whole batches
+        for batch in track(mine, f"sampling {sum(map(len, mine))} images ({sampler}, {steps} steps)"):
             images = pipe(prompt=[r["prompt"] for r in batch], seed=[r["seed"] for r in batch],
                           num_inference_steps=steps, guidance_scale=guidance, eta=eta, output_type="np").images
             for record, image in zip(batch, images):
                 save_png(out / record["file"], image, provenance(record, run_dir))
+        distributed.barrier()  # every rank's images are written; rank 0 writes the index
+        if not distributed.is_main():
+            return out
         write_text(out / METADATA_NAME, "".join(json.dumps(r) + "\n" for r in records))
         sheet = [load_rgb(out / r["file"]) for r in records[:SHEET_MAX]]
         save_png(out / SHEET_NAME, contact_sheet(sheet), {"synthetic": "true", "generator": f"histosynth {__version__}"})

@@ -11,6 +11,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from .. import distributed
 from ..console import HistosynthError, info, track, warn
 from ..fileio import atomic_path, hash_input, text_hash, write_json
 from ..manifest import recording
@@ -36,7 +37,7 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
     out = embeddings_dir(ws, budget, enc.name, length)
     texts = unique_texts(tiles, enc, length, budget)
 
-    with recording("embed", out, config=cfg) as manifest:
+    with distributed.on_main(recording, "embed", out, config=cfg) as manifest:  # rank 0 records
         manifest.add_input(index_path, "tiles/index.parquet")
         manifest.add_input(summaries_path, summaries_path.name)
         settings = {
@@ -55,10 +56,12 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
             "store_dtype": text_cfg.store_dtype,
         }
         where = existing_rows(out, settings)
+        distributed.barrier()  # every rank reads the same shards before rank 0 writes any
         todo = texts[~texts["text_hash"].isin(where)]
         info(f"{len(texts)} unique condition texts for {len(tiles)} tiles; "
              f"{len(texts) - len(todo)} cached, {len(todo)} to encode")
-        write_json(out / INFO_NAME, {**settings, "complete": False})
+        if distributed.is_main():
+            write_json(out / INFO_NAME, {**settings, "complete": False})
 
         t0 = time.perf_counter()
         first = 1 + max((shard for shard, _ in where.values()), default=-1)
@@ -69,6 +72,9 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
         seconds = time.perf_counter() - t0
         if not (out / UNCOND_NAME).exists():
             write_shard(out / UNCOND_NAME, enc, [""], [text_hash("")], length, text_cfg)
+        if not distributed.is_main():  # other ranks: done once rank 0 has written the index
+            distributed.barrier()
+            return out
 
         texts["shard"] = [where[h][0] for h in texts["text_hash"]]
         texts["row"] = [where[h][1] for h in texts["text_hash"]]
@@ -80,6 +86,7 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
             context_length=length, width=enc.width, encode_seconds=round(seconds, 3),
             texts_per_second=round(len(todo) / seconds, 1) if len(todo) and seconds > 0 else None,
         )
+    distributed.barrier()
     info(f"embeddings: {out}")
     return out
 
@@ -164,13 +171,15 @@ def write_shard(path: Path, enc: TextEncoder, texts: list[str], hashes: list[str
     from safetensors.torch import save_file
 
     dtype = getattr(torch, text_cfg.store_dtype)
-    hidden, mask, pooled = [], [], []
-    batches = range(0, len(texts), text_cfg.batch_size)
-    for start in track(batches, f"encoding {path.name}") if len(batches) > 1 else batches:
+    batches, done = list(range(0, len(texts), text_cfg.batch_size)), []
+    mine = distributed.my_share(batches)  # this rank's whole batches (all of them without a launcher)
+    for i, start in track(mine, f"encoding {path.name}") if len(mine) > 1 else mine:
         out = enc.encode(texts[start : start + text_cfg.batch_size], length, long_context=text_cfg.long_context)
-        hidden.append(out.hidden.to("cpu", dtype))
-        mask.append(out.mask.to("cpu", torch.int8))
-        pooled.append(out.pooled.to("cpu", dtype))
+        done.append((i, (out.hidden.to("cpu", dtype), out.mask.to("cpu", torch.int8), out.pooled.to("cpu", dtype))))
+    parts = distributed.gather_ordered(done, len(batches))
+    if parts is None:  # ranks other than 0: rank 0 writes the merged shard
+        return
+    hidden, mask, pooled = ([p[j] for p in parts] for j in range(3))
     tensors = {"hidden": torch.cat(hidden), "mask": torch.cat(mask), "pooled": torch.cat(pooled)}
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata={"text_hashes": json.dumps(hashes)})
