@@ -107,6 +107,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")),
                    help="torch threads per dataset process")
     p.add_argument("--parallel", action="store_true", help="one process per dataset, at the same time")
+    p.add_argument("--update-readme", action="store_true",
+                   help="write the measured table between README.md's quality-results markers")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: run this dataset only
     return p.parse_args(argv)
 
@@ -332,7 +334,51 @@ def main(argv=None) -> dict:
     write_json(out, report)
     print_table(report)
     print(f"wrote {out}")
+    if args.update_readme and not args.quick:
+        update_readme(report)
     return report
+
+
+README_MARKERS = ("<!-- quality-results -->", "<!-- /quality-results -->")
+
+
+def markdown(report: dict) -> str:
+    """The results as README text: conditions of the run, the table, the targets, the pictures."""
+    lines = [f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {report['cpu_count']} CPU cores "
+             f"({report['threads_per_dataset']} torch thread per dataset, datasets "
+             f"{'in parallel' if report['parallel'] else 'one after the other'}; load average "
+             f"{report['load_average_before'][0]} before, {report['load_average_after'][0]} after; "
+             f"{report['wall_s'] / 60:.0f} min wall in all):", ""]
+    for d in report["datasets"]:
+        t, stages = d["training"], {s["name"]: s for s in d["stages"]}
+        times = ", ".join(f"{name} {stages[name]['cpu_time_s']:.0f} s CPU / {stages[name]['wall_time_s']:.0f} s wall"
+                          for name in ("tile", "train-vae", "encode", "sample", "evaluate") if name in stages)
+        lines.append(f"- **{d['dataset']}** ({d['tiles']['train']} train / {d['tiles']['test']} test tiles): U-Net "
+                     f"{t['steps']} steps in {t['train_cpu_s'] / 60:.1f} CPU min ({t['train_wall_s'] / 60:.1f} min "
+                     f"wall); {times}. Target {'met' if d['metrics']['targets']['met'] else 'NOT met'}: "
+                     f"{d['metrics']['targets']['rule']}.")
+    lines += ["", "| dataset | metric | generated [95% CI] | control [95% CI] | reference |", "|---|---|---|---|---|"]
+    lines += [f"| {r['dataset']} | {r['metric']} | {r['generated']} | {r['control']} | {r['reference']} |"
+              for r in report["table"]]
+    lines.append("")
+    for d in report["datasets"]:
+        lines.append(f"![{d['title']}: real test tiles (left) vs images generated from test tiles' condition texts "
+                     f"(right), one row per requested condition]({d['grid']})")
+    return "\n".join(lines)
+
+
+def update_readme(report: dict) -> None:
+    from histosynth.fileio import write_text
+
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    start, end = README_MARKERS
+    if start not in text or end not in text:
+        print(f"(README.md has no {start} markers; not updated)")
+        return
+    head, rest = text.split(start, 1)
+    write_text(readme, head + start + "\n" + markdown(report) + "\n" + end + rest.split(end, 1)[1])
+    print("updated README.md (quality results)")
 
 
 def print_table(report: dict) -> None:
