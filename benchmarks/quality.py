@@ -285,10 +285,14 @@ def run_children(names: list[str], args, work: Path) -> list[dict]:
         cmd += ["--quick"] if args.quick else []
         cmd += [f"--{k.replace('_', '-')}={v}" for k, v in (("train_minutes", args.train_minutes),
                                                             ("vae_steps", args.vae_steps), ("n", args.n)) if v is not None]
-        procs.append((name, subprocess.Popen(cmd)))
+        log = work / name / "log.txt"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"quality: {name} in its own process; progress in {log}", flush=True)
+        with open(log, "a") as handle:
+            procs.append((name, subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT)))
     failed = [name for name, p in procs if p.wait() != 0]
     if failed:
-        raise SystemExit(f"quality: dataset(s) {', '.join(failed)} failed (see above)")
+        raise SystemExit(f"quality: dataset(s) {', '.join(failed)} failed (see {work}/<dataset>/log.txt)")
     return [json.loads((work / name / "result.json").read_text()) for name in names]
 
 
