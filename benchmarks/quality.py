@@ -60,15 +60,14 @@ class Sizes:
     sample_steps: int
     guidance: float
     max_tiles: int | None          # cap on tiles per dataset (quick)
-    eval_quick: bool               # (reserved) fewer classifier epochs / bootstrap resamples
     sampler: str = "dpmpp"         # DPM-Solver++ 20 steps: ~2.5x fewer U-Net calls than DDIM 50, same schedule
     overrides: list[str] = field(default_factory=list)
 
 
 FULL = Sizes(vae_steps=400, train_minutes=20.0, max_train_steps=100_000, chunk_steps=500, n_images=240,
-             sample_steps=20, guidance=3.0, max_tiles=None, eval_quick=False, sampler="dpmpp")
+             sample_steps=20, guidance=3.0, max_tiles=None, sampler="dpmpp")
 QUICK = Sizes(vae_steps=2, train_minutes=1.0, max_train_steps=4, chunk_steps=2, n_images=12, sample_steps=2,
-              guidance=3.0, max_tiles=48, eval_quick=True, sampler="dpmpp",
+              guidance=3.0, max_tiles=48, sampler="dpmpp",
               overrides=["vae.scale_tiles=16", "vae.eval_tiles=8", "vae.dihedral_check_tiles=0", "train.heldout_tiles=4"])
 
 
@@ -190,20 +189,36 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def prepare_workspace(ds: Dataset, ws, cfg, source: Path, sizes: Sizes, root: Path) -> dict:
+    """Tile (the Kather tiles: one tile run per scale, into one workspace), split the slide by region,
+    and give `embed` its (neutral) summaries; returns the region split, if any."""
+    from histosynth.experiments.quality import prepare_text, region_split
+    from histosynth.slides.tiler import tile_slides
+
+    runs = [(source / folder, mpp) for folder, mpp in KATHER_SUBSETS] if ds.kind == "class" else [(source, None)]
+    for path, mpp in runs:
+        failed = tile_slides(ws, cfg, [path], assume_mpp=mpp).get("failed")
+        if failed:
+            raise SystemExit(f"quality: tiling failed: {failed}")
+    split = region_split(ws) if ds.kind == "descriptor" else {}
+    if sizes.max_tiles:
+        subsample(ws, sizes.max_tiles)
+    prepare_text(ws, cfg, cfg.summaries.budget, root / "captions.csv")
+    return split
+
+
 def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     """All stages of one comparison; finished stages are skipped on a rerun (same choices)."""
     import pandas as pd
 
     from histosynth.experiments.demo import StageClock
     from histosynth.experiments.quality import (class_condition, condition_grid, descriptor_condition,
-                                                evaluate_conditioning, label_words, prepare_text, region_split)
-    from histosynth.sample.generate import sample_run
+                                                evaluate_conditioning, label_words)
     from histosynth.latents.encode import encode_workspace
     from histosynth.latents.vae import train_vae
-    from histosynth.slides.tiler import tile_slides
+    from histosynth.sample.generate import sample_run
     from histosynth.text.embed import embed_workspace
     from histosynth.workspace import Workspace
-
 
     root = work / ds.name
     ws = Workspace(root / "workspace")
@@ -212,25 +227,10 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     cfg = ws.ensure_config(preset="tiny-cpu", overrides=settings)
     budget = cfg.summaries.budget
     source = data_path(ds.name)
-    stage = StageClock(root / "stages", ["tiny-cpu", *settings, str(source), json.dumps(asdict(sizes))], label=f"quality {ds.name}")
-    split = {}
-
-    def prepare():
-        runs = ([(source / folder, mpp) for folder, mpp in KATHER_SUBSETS] if ds.kind == "class"
-                else [(source, None)])   # the Kather tiles: one tile run per scale, into one workspace
-        for path, mpp in runs:
-            failed = tile_slides(ws, cfg, [path], assume_mpp=mpp).get("failed")
-            if failed:
-                raise SystemExit(f"quality: tiling failed: {failed}")
-        if ds.kind == "descriptor":
-            split.update(region_split(ws))
-        if sizes.max_tiles:
-            subsample(ws, sizes.max_tiles)
-        _write(root, "split-info", split)
-        prepare_text(ws, cfg, budget, root / "captions.csv")
-
-    stage("tile", prepare)
-    split = split or _read(root, "split-info") or {}
+    stage = StageClock(root / "stages", ["tiny-cpu", *settings, str(source), json.dumps(asdict(sizes))],
+                       label=f"quality {ds.name}")
+    stage("tile", lambda: _write(root, "split-info", prepare_workspace(ds, ws, cfg, source, sizes, root)))
+    split = _read(root, "split-info") or {}
     stage("embed", lambda: embed_workspace(ws, cfg, budget))
     stage("train-vae", lambda: train_vae(ws, cfg))
     stage("encode", lambda: encode_workspace(ws, cfg))
