@@ -137,6 +137,7 @@ def test_evaluate_workspace_split(random_inception, tmp_path):
     assert set(report["skipped"]) <= {"fidelity", "descriptors", "classes"}
     assert 0 <= m["c2st"]["generated"]["auroc"] <= 1 and m["c2st"]["real_reference"]["n_per_side"] == 10
     assert m["c2st"]["memorization_near_copy_share"] == m["memorization"]["near_copy_share"]
+    assert (ws / "eval-cache" / "stats-train-nall-cropnone-small.npz").exists()  # the reference set, cached
     assert m["fid"] > 0 and "kid" in m["kid"] and 0 <= m["pr"]["precision"] <= 1
     assert m["stain"]["w1_h"] >= 0 and np.isfinite(m["stain"]["frechet_hed"])
     assert m["memorization"]["near_copies"] >= 2  # the two copied training tiles are found
@@ -157,6 +158,8 @@ def test_evaluate_workspace_split(random_inception, tmp_path):
     again = evaluate(f"{ws}:test", fakes, tmp_path / "eval2", metrics=["fid", "stain"],
                      inception_weights=random_inception, allow_unverified_weights=True)
     assert again["protocol"]["real"]["reused"] is True
+    c2st_only = evaluate(f"{ws}:test", fakes, tmp_path / "eval4", metrics=["c2st"])  # reuses the cached reference
+    assert c2st_only["metrics"]["c2st"]["real_reference"] == m["c2st"]["real_reference"]
     assert again["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-9)
     from_npz = evaluate(cached, out / "fake_stats.npz", tmp_path / "eval3", metrics=["fid", "kid"],
                         inception_weights=random_inception, allow_unverified_weights=True)
@@ -205,3 +208,36 @@ def test_cli(tmp_path, monkeypatch):
     assert set(report["metrics"]) == {"stain", "memorization"} and "32x32" in report["protocol"]["crop"]
     result = CliRunner().invoke(app, ["evaluate", "--real", f"{ws}:test", "--fake", str(fakes), "--metrics", "fid"])
     assert result.exit_code != 0 and isinstance(result.exception, inc.InceptionWeightsMissing)
+
+
+def test_cli_command_style(tmp_path, monkeypatch):
+    """evaluate takes --workspace/--preset/--config/--set like every command; the real set is a split."""
+    from typer.testing import CliRunner
+
+    from histosynth.cli import app
+
+    ws, tiles = make_workspace(tmp_path / "ws")
+    fakes = fake_folder(tmp_path / "fake", tiles[:14])
+    monkeypatch.delenv(inc.ENV_VAR, raising=False)
+    run = CliRunner().invoke
+    result = run(app, ["evaluate", "-w", str(ws), "--real-split", "test", "--fake", str(fakes),
+                       "--set", "evaluate.metrics=[stain,memorization]", "--out", str(tmp_path / "e1")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e1" / "eval.json").read_text())
+    assert set(report["metrics"]) == {"stain", "memorization"} and report["protocol"]["real"]["source"].endswith(":test")
+    assert report["protocol"]["sizes"]["real"] == [TILE, TILE]
+    result = run(app, ["evaluate", "-w", str(ws), "--fake", str(fakes), "--set", "evaluate.crop=8",
+                       "--out", str(tmp_path / "e2")])
+    from histosynth.config import ConfigError  # main() turns it into one line and exit 2
+
+    assert isinstance(result.exception, ConfigError) and "evaluate.crop" in str(result.exception)
+    assert not (tmp_path / "e2").exists()
+    for args, message in ((["-w", str(ws), "--real", str(fakes)], "not both"), ([], "name the real set"),
+                          (["--real", str(fakes), "--set", "evaluate.n=3"], "need --workspace"),
+                          (["-w", str(ws), "--real-split", "val"], "--real-split val"),
+                          (["-w", str(ws), "--resize", "up"], "--resize up"),
+                          (["-w", str(ws), "--metrics", "fid,nope"], "--metrics: unknown nope")):
+        result = run(app, ["evaluate", "--fake", str(fakes), *args, "--out", str(tmp_path / "e3")])
+        assert result.exit_code != 0 and message in str(result.exception), (args, result.output)
+        assert result.exception.exit_code == 2  # main() exits with it, as for an invalid --set
+        assert not (tmp_path / "e3").exists()

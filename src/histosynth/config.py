@@ -164,7 +164,7 @@ class SampleConfig(Section):
 
 
 class EvaluateConfig(Section):
-    metrics: list[str] = ["fid", "kid", "pr", "stain", "memorization"]
+    metrics: list[str] = ["fid", "kid", "pr", "stain", "memorization", "fidelity", "descriptors", "c2st", "classes"]
     n: int | None = None                       # images per side; None: all
     inception_weights: str | None = None       # pt_inception-2015-12-05 file; else $HISTOSYNTH_INCEPTION
     batch_size: int = 32

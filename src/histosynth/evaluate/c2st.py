@@ -12,10 +12,12 @@ from __future__ import annotations
 import numpy as np
 
 SIZE = 64
+MAX_PER_SIDE = 1000   # seeded subset beyond this: CPU minutes, not hours, and the CI is already narrow
 RECIPE = {"size": SIZE, "net": "3 conv blocks (3x3, stride 2, 16-32-64 ch, BatchNorm, ReLU) + global mean pool + linear",
           "optimizer": "AdamW lr 2e-3, weight decay 1e-4", "epochs": 30, "batch": 32,
           "augmentation": "random dihedral (flips, 90-degree rotations)", "folds": 5, "bootstrap": 1000,
-          "fold_assignment": "matched real/fake pairs (min-cost matching of 8x8 thumbnails) share a fold"}
+          "fold_assignment": "matched real/fake pairs (min-cost matching of 8x8 thumbnails) share a fold",
+          "max_per_side": MAX_PER_SIDE}
 
 
 def small_images(images: np.ndarray, size: int = SIZE) -> np.ndarray:
@@ -131,7 +133,7 @@ def matched_folds(real: np.ndarray, fake: np.ndarray, folds: int, rng: np.random
 def c2st(real: np.ndarray, fake: np.ndarray, seed: int = 0, folds: int = RECIPE["folds"],
          epochs: int = RECIPE["epochs"]) -> dict:
     """Cross-validated AUROC of the fixed CNN telling `fake` (positive) from `real`; equal counts per side."""
-    n = min(len(real), len(fake))
+    n = min(len(real), len(fake), MAX_PER_SIDE)
     if n < folds:
         raise ValueError(f"C2ST needs at least {folds} images per side, got {len(real)} real and {len(fake)} fake")
     rng = np.random.default_rng(seed)

@@ -17,6 +17,8 @@ import numpy as np
 
 from .c2st import RECIPE, bootstrap_ci, small_images, train_classifier
 
+MAX_TRAIN = 2000   # real training tiles for the class classifier (a seeded subset beyond this)
+
 LEVELS = ("low", "medium", "high")
 # Template field -> descriptor name (histosynth.text.condition's words), so prompts' bins read either way.
 FIELDS = {"nuclei": "nuclei_density", "nuclear_area": "nuclear_area", "fat": "fat_fraction",
@@ -111,6 +113,9 @@ def class_fidelity(train_images: np.ndarray, train_labels: list[str], test_image
         raise ValueError(f"requested classes not among the training tiles' labels: {', '.join(unknown)}")
     code = {c: i for i, c in enumerate(names)}
     k = len(names)
+    if len(train_images) > MAX_TRAIN:
+        keep = np.sort(np.random.default_rng(seed).choice(len(train_images), MAX_TRAIN, replace=False))
+        train_images, train_labels = train_images[keep], [train_labels[i] for i in keep]
     xtr, ytr = small_images(train_images), np.array([code[c] for c in train_labels])
     xte = small_images(test_images)
     yte = np.array([code.get(c, -1) for c in test_labels])
@@ -131,5 +136,6 @@ def class_fidelity(train_images: np.ndarray, train_labels: list[str], test_image
         "train_on_synthetic_test_on_real": _scored(yte[known], tstr, k, seed),
         "train_on_real_test_on_real": real,
         "protocol": {**RECIPE, "epochs": epochs, "seed": seed, "classifier": "c2st's CNN with one output per class",
+                     "max_train_tiles": MAX_TRAIN,
                      "ci": "percentile bootstrap, resampled within each true class"},
     }

@@ -64,6 +64,7 @@ def write_markdown(out_dir: Path, report: dict, grids: dict[str, str]) -> Path:
             lines.append(f"| Frechet distance, {key[3:]} features | {value:.4g} | lower |")
         elif key.startswith("KID_"):
             lines.append(f"| KID, {key[4:]} features | {value['kid']:.4g} (std {value['kid_std']:.2g}) | lower |")
+    lines += weight_free_rows(report["metrics"])
     for metric, why in report.get("skipped", {}).items():
         lines.append(f"| {metric} | skipped: {why} | |")
     inception = protocol.get("inception") or {}
@@ -89,6 +90,47 @@ def write_markdown(out_dir: Path, report: dict, grids: dict[str, str]) -> Path:
     path = out_dir / "report.md"
     write_text(path, "\n".join(lines))
     return path
+
+
+def _ci(block: dict | None, value: str, ci: str) -> str:
+    if not block or block.get(value) is None:
+        return "-"
+    lo, hi = block.get(ci) or (float("nan"), float("nan"))
+    return f"{block[value]:.3g} [{lo:.3g}, {hi:.3g}]"
+
+
+def weight_free_rows(metrics: dict) -> list[str]:
+    """Rows 'metric | generated (95% CI) | real-vs-real reference / control'; each block's near-copy share."""
+    rows = []
+    if "c2st" in metrics:
+        c = metrics["c2st"]
+        rows.append(f"| C2ST AUROC, real test vs generated (0.5 = indistinguishable) | "
+                    f"{_ci(c['generated'], 'auroc', 'ci95')} | reference real vs real: "
+                    f"{_ci(c.get('real_reference'), 'auroc', 'ci95')} |")
+    for name, d in (metrics.get("descriptors") or {}).get("generated", {}).items():
+        ref = ((metrics["descriptors"].get("real_reference") or {}).get(name) or {}).get("w1")
+        rows.append(f"| Descriptor W1, {name} | {d['w1']:.4g} | reference real vs real: "
+                    f"{'-' if ref is None else format(ref, '.4g')} |")
+    for name, f in (metrics.get("fidelity") or {}).get("generated", {}).items():
+        ref = (metrics["fidelity"].get("real_reference") or {}).get(name)
+        rows.append(f"| Fidelity Spearman, {name} vs requested bin | {_ci(f, 'spearman', 'spearman_ci95')} | "
+                    f"shuffled control {_ci(f['shuffled_control'], 'spearman', 'spearman_ci95')}; "
+                    f"real maximum {_ci(ref, 'spearman', 'spearman_ci95')} |")
+        rows.append(f"| Fidelity bin accuracy, {name} | {_ci(f, 'bin_accuracy', 'bin_accuracy_ci95')} | "
+                    f"chance {f['chance_bin_accuracy']:.3g} |")
+    if "classes" in metrics:
+        c = metrics["classes"]
+        rows.append(f"| Class fidelity (balanced accuracy, requested class) | {_ci(c['generated'], 'balanced_accuracy', 'ci95')} | "
+                    f"real held-out ceiling {_ci(c['real_heldout_ceiling'], 'balanced_accuracy', 'ci95')}; "
+                    f"shuffled control {_ci(c['shuffled_control'], 'balanced_accuracy', 'ci95')}; chance {c['chance']:.3g} |")
+        rows.append(f"| Train on synthetic, test on real (balanced accuracy) | "
+                    f"{_ci(c['train_on_synthetic_test_on_real'], 'balanced_accuracy', 'ci95')} | train on real: "
+                    f"{_ci(c['train_on_real_test_on_real'], 'balanced_accuracy', 'ci95')} |")
+    share = next((b.get("memorization_near_copy_share") for b in metrics.values()
+                  if isinstance(b, dict) and "memorization_near_copy_share" in b), None)
+    if rows and share is not None:
+        rows.append(f"| Near-copy share beside these figures | {share:.3g} | |")
+    return rows
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -6,6 +6,7 @@ the stain distance and the memorization check need no weights and are always ava
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,6 @@ COVARIANCE = ("sample covariance (np.cov, ddof 1), no regularisation: with n <= 
               "tr sqrt(S1 S2) is taken exactly from the eigenvalues of sqrt(S1) S2 sqrt(S1) (negatives clipped to 0; "
               "the n x n form when n_fake < d), so the distance is finite but biased upward at small n: "
               "compare only at equal n")
-CACHE_DIR = "eval-cache"   # under a workspace: real-set statistics shared by every run's evaluation
 IMPLEMENTATIONS = {
     "fid": "Frechet distance of pool3 Gaussians (np.cov); equals pytorch_fid.fid_score.calculate_frechet_distance "
            "to 1e-6 (eigenvalue form of tr sqrt(S1 S2), low-rank when n_fake < 2048)",
@@ -166,6 +166,10 @@ def _parts(active: set[str], have_inception: bool) -> set[str]:
     return parts
 
 
+class BadOption(HistosynthError):
+    exit_code = 2   # like the config's validation errors
+
+
 RESIZE_RULES = ("real-to-fake", "fake-to-real")
 RESIZE_FILTERS = ("bicubic", "bilinear", "lanczos", "box", "nearest")
 
@@ -180,7 +184,7 @@ def check_sizes(real: Source, fake: Source, train: Source | None, resize: str | 
     rule, _, filt = (resize or "").partition(":")
     filt = filt or "bicubic"
     if resize and (rule not in RESIZE_RULES or filt not in RESIZE_FILTERS):
-        raise HistosynthError(f"--resize {resize}: expected {' or '.join(RESIZE_RULES)}, optionally :FILTER "
+        raise BadOption(f"--resize {resize}: expected {' or '.join(RESIZE_RULES)}, optionally :FILTER "
                               f"({', '.join(RESIZE_FILTERS)}; default bicubic)")
     mismatch = real_size and fake_size and real_size != fake_size
     if mismatch and not resize:
@@ -206,20 +210,12 @@ def _compared_mpp(mpp: float | None, real: Source, sizes: dict) -> float | None:
     """Microns per pixel of the images as compared: --mpp, else the workspace's tile mpp (rescaled when the
     real tiles are resized to the generated images' size)."""
     if mpp is not None:
-        if not mpp > 0:
-            raise HistosynthError(f"--mpp {mpp}: must be a positive number")
+        if not (mpp > 0 and math.isfinite(mpp)):
+            raise BadOption(f"--mpp {mpp}: must be a positive finite number")
         return float(mpp)
     if real.kind == "workspace":
         return Workspace(real.path).config().slides.mpp / sizes["real_scale"]
     return None
-
-
-def section_of(real: str | Path):
-    """The `evaluate` config section of REAL's workspace (for WS:split), else the defaults."""
-    from ..config import EvaluateConfig
-
-    src = parse_source(real)
-    return Workspace(src.path).config().evaluate if src.kind == "workspace" else EvaluateConfig()
 
 
 def _parse_metrics(metrics) -> set[str]:
@@ -228,7 +224,7 @@ def _parse_metrics(metrics) -> set[str]:
     wanted = {m.strip().lower() for m in (metrics or METRICS) if m.strip()}
     unknown = wanted - set(METRICS)
     if unknown or not wanted:
-        raise HistosynthError(f"--metrics: unknown {', '.join(sorted(unknown)) or '(none given)'}; choose from {','.join(METRICS)}")
+        raise BadOption(f"--metrics: unknown {', '.join(sorted(unknown)) or '(none given)'}; choose from {','.join(METRICS)}")
     return wanted
 
 
@@ -246,7 +242,7 @@ def _cache_path(src: Source, out_dir: Path, role: str, n: int | None, crop: int 
     tag = "-" + "-".join(sorted(parts)) if role == "train" else ""
     if src.kind == "workspace":
         name = f"stats-{src.split}-n{n or 'all'}-crop{crop or 'none'}{tag}.npz"
-        return Workspace(src.path).root / CACHE_DIR / name
+        return Workspace(src.path).eval_cache_dir / name
     return out_dir / f"{role}{tag}_stats.npz"
 
 

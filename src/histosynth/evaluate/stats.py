@@ -90,7 +90,7 @@ def load_stats(path: str | Path) -> tuple[dict[str, np.ndarray], dict]:
             meta = json.loads(str(f["meta"])) if "meta" in f.files else {"source": str(path), "format": "pytorch-fid"}
     except (OSError, ValueError) as exc:
         raise HistosynthError(f"{path}: not a readable .npz statistics file ({exc.__class__.__name__})") from None
-    if not {"mu", "thumbs", "hed_stats"} & set(stats) and not any(k.startswith("feat_") for k in stats):
+    if not {"mu", "thumbs", "hed_stats", "small", "descriptors"} & set(stats) and not any(k.startswith("feat_") for k in stats):
         raise HistosynthError(f"{path}: holds no statistics (expected mu/sigma or histosynth parts)")
     return stats, meta
 
