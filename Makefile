@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (histosynth needs Python >= 3.11)"; exit 1; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,app]"
 	# test-only: CompVis `ldm` modules to check PathLDM conversion against (its own deps are pinned above)
 	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) stable-diffusion-sdkit==2.1.5
 	touch $(STAMP)

@@ -36,6 +36,7 @@ STAGE_CLIS = (
     "histosynth.evaluate.cli",      # evaluate
     "histosynth.experiments.cli",   # ablate, demo
     "histosynth.convert.cli",       # convert-pathldm
+    "histosynth.serve.cli",         # serve
 )
 
 
@@ -57,6 +58,11 @@ def _main(
 
 for _module in STAGE_CLIS:
     importlib.import_module(_module).register(app)
+
+
+def _is_click_error(exc: Exception) -> bool:
+    """typer vendors click (`typer._click`): match its exceptions and plain click's alike."""
+    return any(c.__name__ == "ClickException" for c in type(exc).__mro__) and hasattr(exc, "format_message")
 
 
 def main() -> None:
@@ -81,10 +87,8 @@ def main() -> None:
         error("interrupted; finished outputs are kept, rerun to resume")
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - last resort: one line unless --debug
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
+        if _is_click_error(exc):  # usage errors name the option and what it expects ("--budget abc")
+            error(exc.format_message())
             sys.exit(exc.exit_code)
         if is_debug():
             raise

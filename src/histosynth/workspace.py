@@ -71,6 +71,24 @@ class Workspace:
     def summaries_path(self, budget: int) -> Path:
         return self.summaries_dir / f"budget-{budget}.parquet"
 
+    def summary_budgets(self) -> list[int]:
+        """Budgets whose summaries table exists (the inverse of `summaries_path`)."""
+        import re
+
+        found = (re.fullmatch(r"budget-(\d+)\.parquet", p.name) for p in self.summaries_dir.glob("budget-*.parquet"))
+        return sorted(int(m[1]) for m in found if m)
+
+    @property
+    def report_links_path(self) -> Path:
+        return self.reports_dir / "links.json"
+
+    @property
+    def summary_stats_path(self) -> Path:
+        return self.summaries_dir / "stats.json"
+
+    def summaries_manifest_path(self, budget: int) -> Path:
+        return self.summaries_dir / f"manifest-budget-{budget}.json"
+
     @property
     def embeddings_dir(self) -> Path:
         return self.root / "embeddings"

@@ -47,15 +47,38 @@ def summarize(
 ) -> None:
     """Token-budgeted, complete summaries of every report (cached, resumable)."""
     from ..console import info
-    from .summarize import summarize_workspace
+    from .summarize import check_budget, summarize_workspace
 
-    flags = {"model": model, "base_url": base_url, "prompt": prompt, "tokenizer": tokenizer, "concurrency": concurrency}
-    overrides = list(set_) + [f"summaries.{k}={v}" for k, v in flags.items() if v is not None]
-    ws, cfg = workspace_config(workspace, preset, config, overrides)
-    budget = budget or cfg.summaries.budget
+    if budget is not None:
+        check_budget(budget)  # before anything is written: one line naming the option, exit 2
+    flags = {"model": model, "base_url": base_url, "prompt": prompt, "tokenizer": tokenizer,
+             "concurrency": concurrency, "backend": backend}
+    flags = {k: v for k, v in flags.items() if v is not None}
+    check_flags(flags)
+    run_only = [o for o in set_ if o.replace(" ", "").startswith("summaries.base_url=")]
+    for item in run_only:  # a URL may carry a key: like --base-url, it applies to this run only
+        flags["base_url"] = item.split("=", 1)[1] or None
+    ws, cfg = workspace_config(workspace, preset, config, [o for o in set_ if o not in run_only])
+    # Flags apply to this run only: never saved as workspace defaults (a --base-url may carry a key).
+    cfg = cfg.model_copy(update={"summaries": cfg.summaries.model_copy(update=flags)})
+    budget = cfg.summaries.budget if budget is None else budget
     cases = [c.strip() for c in (regenerate or "").split(",") if c.strip()]
-    table = summarize_workspace(ws, cfg, budget, backend=backend, refresh=refresh, regenerate=cases)
+    table = summarize_workspace(ws, cfg, budget, backend=cfg.summaries.backend, refresh=refresh, regenerate=cases,
+                                frame=False)
     info(f"summarize: {len(table)} summaries -> {ws.summaries_path(budget)}")
+
+
+def check_flags(flags: dict) -> None:
+    """Validate command-line values by the config's rules (summaries section); one line naming the option."""
+    from pydantic import ValidationError
+
+    from ..config import ConfigError, SummariesConfig
+
+    for name, value in flags.items():
+        try:
+            SummariesConfig(**{name: value})
+        except ValidationError as exc:
+            raise ConfigError(f"--{name.replace('_', '-')} {value}: {exc.errors()[0]['msg']}") from None
 
 
 def summary_stats(
@@ -68,6 +91,10 @@ def summary_stats(
     from ..workspace import Workspace
     from .stats import workspace_stats
 
+    from .summarize import check_budget
+
+    for b in budget or []:
+        check_budget(b)
     ws = Workspace(workspace)
     stats = workspace_stats(ws, budget or None)
     for s in stats:
@@ -77,4 +104,4 @@ def summary_stats(
         width = max(s["histogram"].values(), default=1)
         for label, n in s["histogram"].items():
             console.print(f"  {label:>9} tokens | {'#' * max(1, round(40 * n / width))} {n}")
-    write_json(ws.summaries_dir / "stats.json", stats)
+    write_json(ws.summary_stats_path, stats)

@@ -60,6 +60,16 @@ def compose(findings: list[Finding], budget: int, tokenizer: Tokenizer) -> tuple
     return parts, dropped
 
 
+def _head(form: str, budget: int, tokenizer: Tokenizer) -> list[str]:
+    """The longest word suffix of `form` that fits ("renal cell carcinoma" -> "cell carcinoma" -> "carcinoma")."""
+    words = form.split()
+    for k in range(1, len(words)):
+        tail = " ".join(words[k:])
+        if tail.split()[0].lower() not in DANGLING and tokenizer.count(render([tail])) <= budget:
+            return [tail]
+    return []
+
+
 def _fits(findings: list[Finding], chosen: dict[int, int], budget: int, tokenizer: Tokenizer) -> bool:
     text = render([findings[i].forms[j] for i, j in sorted(chosen.items())])
     return tokenizer.count(text) <= budget
@@ -68,6 +78,11 @@ def _fits(findings: list[Finding], chosen: dict[int, int], budget: int, tokenize
 def summarize_report(text: str, budget: int, tokenizer: Tokenizer) -> Summary:
     """The image-relevant findings of one report as a complete summary of at most `budget` tokens."""
     findings = find_findings(text)
+    if findings and tokenizer.count(render([findings[0].forms[-1]])) > budget:
+        # the most important finding does not fit even in its shortest form: keep its head words
+        # ("renal cell carcinoma" -> "carcinoma") rather than lose it to less important ones
+        head = _head(findings[0].forms[-1], budget, tokenizer)
+        findings[0] = Finding(findings[0].kind, findings[0].forms + tuple(head))
     parts, dropped = compose(findings, budget, tokenizer)
     status = "ok"
     summary = render(parts)

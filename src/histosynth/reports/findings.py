@@ -13,11 +13,11 @@ finding is never cut.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections import Counter
 from dataclasses import dataclass
 
-VOCABULARY_VERSION = "findings-v1"
+VOCABULARY_VERSION = "findings-v2"
 FLAGS = re.IGNORECASE
 
 
@@ -29,7 +29,7 @@ class Finding:
 
 # ---- negation and context ---------------------------------------------------------------------
 _NEG_BEFORE = re.compile(
-    r"\b(?:no\b\.?|not\b|without\b|negative\s+for\b|free\s+of\b|absence\s+of\b|rule\s+out\b|r/o\b|neg\b)"
+    r"\b(?:no\b(?!\W+special\W+type)\.?|not\b|without\b|negative\s+for\b|free\s+of\b|absence\s+of\b|rule\s+out\b|r/o\b|neg\b)"
     r"(?:[^\w.]+\w+){0,5}[^\w.]*$", FLAGS)  # cue and mention in one sentence (OCR: "No. angiolymphatic")
 _NEG_AFTER = re.compile(
     r"^\W{0,4}(?:(?:is|are|was|were)\s+)?(?:not\s+(?:identified|seen|present|detected|"
@@ -75,11 +75,29 @@ GAP = r"\W+(?:[a-z]+\W+){0,2}?"  # up to two words between the words of a term
 DUCT = r"\b(?:duct|ductal|ducial|ductai|ductale)\b"
 
 # (rendering, pattern), most specific first; a mention inside an earlier type's mention is dropped.
+# The vocabulary covers the WHO classifications of breast, colorectal and lung tumours (listed in
+# docs/architecture.md, reports section) and the common types of other organs.
+_LUNG_PATTERNS = ("lepidic", "acinar", "micropapillary", "papillary", "solid")
+
+
+def _predominant(sub: str) -> str:
+    """Lung adenocarcinoma by predominant pattern: "acinar predominant adenocarcinoma", "adenocarcinoma, solid predominant"."""
+    return (rf"\b{sub}\W+(?:predominant\W+)?(?:pattern\W+)?adenocarc\w*|\badenocarc\w*\W+(?:[a-z]+\W+){{0,2}}?{sub}"
+            rf"[\s-]+predominant|\b{sub}[\s-]+predominant")
+
+
 TYPES: tuple[tuple[str, str], ...] = (
     ("metaplastic carcinoma", rf"\bmetaplastic{GAP}{CARC}"),
+    ("invasive mucinous adenocarcinoma", r"\binvasive\W+mucinous\W+adenocarc\w*"),
+    ("mucinous adenocarcinoma", rf"\b(?:mucinous|colloid){GAP}adenocarc\w*"),
     ("mucinous carcinoma", rf"\b(?:mucinous|colloid){GAP}{CARC}"),
+    ("signet-ring cell carcinoma", r"\bsignet[\s-]*ring(?:[\s-]+cell)?\W+(?:adeno)?carc\w*"),
     ("medullary carcinoma", rf"\bmedullary{GAP}{CARC}"),
+    ("minimally invasive adenocarcinoma", r"\bminimally\W+invasive\W+adenocarc\w*"),
+    *((f"{sub} adenocarcinoma", _predominant(sub)) for sub in _LUNG_PATTERNS),
     ("micropapillary carcinoma", rf"\bmicropapillary\W+{CARC}"),
+    ("serrated adenocarcinoma", r"\bserrated\W+adenocarc\w*"),
+    ("adenosquamous carcinoma", r"\badenosquamous\W+carc\w*"),
     ("tubular carcinoma", rf"\btubular\W+{CARC}"),
     ("cribriform carcinoma", rf"\bcribriform\W+{CARC}"),
     ("apocrine carcinoma", rf"\bapocrine\W+{CARC}"),
@@ -94,15 +112,23 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("papillary thyroid carcinoma", r"\bpapillary\W+(?:thyroid\W+)?carc\w*(?=[^.]{0,40}thyroid)|"
                                     r"\bpapillary\W+thyroid\W+carc\w*"),
     ("urothelial carcinoma", rf"\b(?:urothelial|transitional\W+cell){GAP}{CARC}"),
+    ("large cell neuroendocrine carcinoma", r"\blarge\W+cell\W+neuroendocrine\W+carc\w*|\blcnec\b"),
+    ("large cell carcinoma", r"\blarge\W+cell\W+(?:undifferentiated\W+)?carc\w*"),
+    ("non-small cell carcinoma", r"\bnon[\s-]*small\W+cell\W+(?:lung\W+)?carc\w*|\bnsclc\b"),
     ("squamous cell carcinoma", r"\bsquamous\W+cell\W+carc\w*"),
-    ("small cell carcinoma", r"\bsmall\W+cell\W+carc\w*"),
+    ("small cell carcinoma", r"(?<!non-)(?<!non )\bsmall\W+cell\W+(?:lung\W+)?carc\w*|\bsclc\b"),
+    ("sarcomatoid carcinoma", r"\b(?:sarcomatoid|pleomorphic|spindle\W+cell|giant\W+cell)\W+carc\w*"),
+    ("carcinoid tumour", r"\b(?:(?:typical|atypical)\W+)?carcinoid\b(?:\W+tumou?r)?"),
+    ("adenoid cystic carcinoma", r"\badenoid\W+cystic\W+carc\w*"),
+    ("mucoepidermoid carcinoma", r"\bmucoepidermoid\W+carc\w*"),
+    ("undifferentiated carcinoma", r"\bundifferentiated\W+carc\w*"),
     ("hepatocellular carcinoma", r"\bhepatocellular\W+carc\w*"),
     ("cholangiocarcinoma", r"\bcholangiocarc\w*"),
     ("adrenocortical carcinoma", r"\badrenocortical\W+carc\w*"),
     ("serous carcinoma", rf"\bserous{GAP}{CARC}"),
     ("endometrioid adenocarcinoma", rf"\bendometrioid{GAP}{CARC}"),
     ("carcinosarcoma", r"\bcarcinosarcoma"),
-    ("glioblastoma", r"\bglioblastoma|\bGBM\b"),
+    ("glioblastoma", r"\bglioblastoma|\bgbm\b"),
     ("oligodendroglioma", r"\boligodendroglioma"),
     ("astrocytoma", r"\bastrocytoma"),
     ("melanoma", r"\bmelanoma"),
@@ -114,56 +140,173 @@ TYPES: tuple[tuple[str, str], ...] = (
     ("leiomyosarcoma", r"\bleiomyosarcoma"),
     ("sarcoma", r"\b(?:lipo|rhabdomyo|angio|myxofibro|undifferentiated\W+pleomorphic\W+)?sarcoma"),
     ("lymphoma", r"\blymphoma"),
-    ("neuroendocrine tumour", r"\bneuroendocrine\W+(?:tumou?r|carc\w*)"),
-    ("adenocarcinoma", r"\badenocarc\w*"),
+    ("neuroendocrine carcinoma", r"\bneuroendocrine\W+carc\w*"),
+    ("neuroendocrine tumour", r"\bneuroendocrine\W+tumou?r"),
+    ("adenocarcinoma", r"\badeno\W{0,3}carc\w*"),  # OCR: "ADENO- CARCINOMA"
 )
-_TYPES = tuple((name, re.compile(p, FLAGS)) for name, p in TYPES)
-BREAST_TYPES = {"ductal carcinoma", "lobular carcinoma"}  # written "invasive ..." when invasive
+# The patterns (all lower-case literals) run on the lower-cased text: case-insensitive matching makes
+# Python's re several times slower. Each is compiled on first use (most reports need few of them).
+_TYPE_PATTERNS = dict(TYPES)
 
+
+@functools.lru_cache(maxsize=None)
+def _type_regex(name: str, ignore_case: bool) -> re.Pattern:
+    return re.compile(_TYPE_PATTERNS[name], FLAGS if ignore_case else 0)
+
+
+def _branches(pattern: str) -> list[str]:
+    """The top-level alternatives of a pattern."""
+    out, depth, start, i = [], 0, 0, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            i += 2
+            continue
+        depth += c in "([" and 1 or 0
+        depth -= c in ")]" and 1 or 0
+        if c == "|" and depth == 0:
+            out.append(pattern[start:i])
+            start = i + 1
+        i += 1
+    return out + [pattern[start:]]
+
+
+def _keys(pattern: str) -> tuple[str, ...] | None:
+    """Words one of which a match must contain (each branch's leading literal), or None when unknown.
+
+    A pattern that starts with \\b is scanned character by character by Python's re (~0.2 ms per
+    report each); a substring test first skips the type patterns a report cannot match.
+    """
+    keys: list[str] = []
+    for branch in _branches(pattern):
+        rest = re.sub(r"^(?:\(\?<![^)]*\))*(?:\\b)?", "", branch)
+        rest = re.sub(r"^\(\?:[a-z|]+\)\?", "", rest)  # an optional leading group ("(?:adeno)?carc")
+        if m := re.match(r"\(\?:([a-z|]+)\)", rest):  # a group of alternatives ("(?:mucinous|colloid)")
+            keys += m[1].split("|")
+        elif m := re.match(r"[a-z]{2,}", rest):
+            keys.append(m[0])
+        else:
+            return None
+    return tuple(keys)
+
+
+_TYPE_KEYS = {name: _keys(p) for name, p in TYPES}
+# "70 % micropapillary", "micropapillary component (30%)": a growth pattern with a stated share.
+COMPONENTS = {"micropapillary": "micropapillary carcinoma", "mucinous": "mucinous carcinoma",
+              "lobular": "lobular carcinoma", "ductal": "ductal carcinoma", "tubular": "tubular carcinoma",
+              "cribriform": "cribriform carcinoma", "no special type": "ductal carcinoma"}
+_GROWTH_SHARE = re.compile(r"\b(micropapillary|mucinous|lobular|ductal|tubular|cribriform|no\W+special\W+type)\b"
+                        r"(?:\W+(?:features?|component|pattern|areas?|differentiation|type|growth))?", FLAGS)
+_PCT = r"(\d{1,3}(?:\.\d+)?)\s*%"
+_PCT_BEFORE = re.compile(rf"{_PCT}\s*(?:(?:of|the|tumou?r|is|are|shows?|invasive|infiltrating|pure|carcinoma)\W+){{0,4}}$", FLAGS)
+_PCT_AFTER = re.compile(rf"^[\s,:(-]{{0,4}}(?:(?:carcinoma|component|pattern|features?|areas?|type)\W+){{0,2}}\(?\s*{_PCT}", FLAGS)
+BREAST_TYPES = {"ductal carcinoma", "lobular carcinoma", "micropapillary carcinoma"}  # WHO: "invasive ..."
+GENERIC_TYPES = ("non-small cell carcinoma", "adenocarcinoma")  # least specific last: dropped for a specific type
 
 _CLINICAL = re.compile(r"\w*inical\W+(?:diagnosis|history|information)|pre[\s-]*op\w*\W+diagnosis|indication", FLAGS)
 _REPORTED_BEFORE = re.compile(r"\b(?:showed|history\s+of|prior|previous(?:ly)?)\b[^.;:]*$", FLAGS)  # "Core bx. showed"
 
 
-def find_types(text: str) -> list[str]:
-    """Invasive histologic types stated (not negated, not in situ), most often mentioned first.
+@dataclass
+class TypeMentions:
+    name: str
+    count: int = 0            # affirmed mentions as a type in its own right
+    first: int = 0            # position of the first mention
+    share: float | None = None  # largest stated proportion (%), e.g. "70 % micropapillary"
+    word: str = ""              # the growth pattern's word when only stated with a share ("mucinous component, 30 %")
 
-    The clinical history ("female with invasive ductal carcinoma") is the referral's word, not a
-    finding; the generic "adenocarcinoma" counts only when no specific type is stated.
+
+def _share(text: str, start: int, end: int) -> float | None:
+    after = _PCT_AFTER.search(text[end:end + 30])
+    before = _PCT_BEFORE.search(text[max(0, start - 40):start])
+    value = after[1] if after else before[1] if before else None
+    return float(value) if value is not None and 0 < float(value) <= 100 else None
+
+
+def _affirmed(text: str, s: int, e: int) -> bool:
+    if _IN_SITU_AFTER.search(text[e:e + 12]) or is_negated(text, s, e):
+        return False
+    return not (_CLINICAL.search(text[max(0, s - 80):s]) or _REPORTED_BEFORE.search(text[max(0, s - 40):s]))
+
+
+def type_mentions(text: str) -> list[TypeMentions]:
+    """Invasive histologic types stated (not negated, not in situ, not the referral's history), dominant first.
+
+    The dominant type is the one with a stated majority share ("70 % micropapillary" beats one "no
+    special type" mention), else the most often mentioned. A growth pattern stated only with a share
+    ("micropapillary component, 30 %") counts as a second type. The generic "adenocarcinoma" counts only
+    when no specific type is stated. Linear in the text: covered characters are marked in a bytearray.
     """
-    taken: list[tuple[int, int]] = []
-    counts: Counter[str] = Counter()
-    first: dict[str, int] = {}
-    for name, pattern in _TYPES:
-        for m in pattern.finditer(text):
+    covered = bytearray(len(text))
+    found: dict[str, TypeMentions] = {}
+    full: set[str] = set()
+    lowered = text.lower()
+    fast = len(lowered) == len(text)  # a few characters change length when lower-cased: then match ignoring case
+    for name, _ in TYPES:
+        keys = _TYPE_KEYS[name]
+        if keys is not None and not any(k in lowered for k in keys):
+            continue
+        for m in _type_regex(name, not fast).finditer(lowered if fast else text):
             s, e = m.span()
-            if any(s < te and ts < e for ts, te in taken):
+            if covered.find(1, s, e) != -1:
                 continue  # part of a more specific type's mention
-            taken.append((s, e))
-            if _IN_SITU_AFTER.search(text[e:e + 12]) or is_negated(text, s, e):
+            covered[s:e] = b"\x01" * (e - s)
+            if not _affirmed(text, s, e):
                 continue
-            if _CLINICAL.search(text[max(0, s - 80):s]) or _REPORTED_BEFORE.search(text[max(0, s - 40):s]):
-                continue
-            counts[name] += 1
-            first.setdefault(name, s)
-    if len(counts) > 1:
-        counts.pop("adenocarcinoma", None)
-    return sorted(counts, key=lambda n: (-counts[n], first[n]))
+            t = found.setdefault(name, TypeMentions(name, first=s))
+            t.count += 1
+            full.add(name)
+            share = _share(text, s, e)
+            if share is not None:
+                t.share = max(t.share or 0.0, share)
+    for m in _GROWTH_SHARE.finditer(text):
+        s, e = m.span()
+        if covered.find(1, s, e) != -1 or (share := _share(text, s, e)) is None or not _affirmed(text, s, e):
+            continue
+        word = re.sub(r"\W+", " ", m[1].lower())
+        name = COMPONENTS[word]
+        t = found.setdefault(name, TypeMentions(name, first=s, word=word))
+        t.share = max(t.share or 0.0, share)
+    specific = [n for n in full if n not in GENERIC_TYPES] + [n for n, t in found.items() if (t.share or 0) >= 50]
+    for generic in GENERIC_TYPES:
+        if specific or (generic != "adenocarcinoma" and "adenocarcinoma" in full):
+            found.pop(generic, None)
+    if not full:
+        return []  # a share alone ("30 % lobular") without any stated tumour type is not a diagnosis
+
+    def rank(t: TypeMentions) -> tuple:
+        majority = t.share if t.share is not None and t.share >= 50 else 0.0
+        return (-majority, -t.count, -(t.share or 0.0), t.first)
+
+    return sorted(found.values(), key=rank)
 
 
-def type_finding(types: list[str]) -> Finding | None:
+def find_types(text: str) -> list[str]:
+    """The stated invasive histologic types, dominant first (see `type_mentions`)."""
+    return [t.name for t in type_mentions(text)]
+
+
+def _invasive(name: str) -> str:
+    return f"invasive {name}" if name in BREAST_TYPES else name
+
+
+def type_finding(types: list[TypeMentions]) -> Finding | None:
     if not types:
         return None
     main = types[:2]  # a second type only when stated in its own right (mixed tumours)
-    if len(main) == 2 and all(t in BREAST_TYPES for t in main):
-        long = f"invasive {main[0].split()[0]} and {main[1].split()[0]} carcinoma"
-        return Finding("type", (long, f"{main[0].split()[0]} and {main[1].split()[0]} carcinoma"))
-    first = main[0]
-    forms = [f"invasive {first}" if first in BREAST_TYPES else first]
+    if len(main) == 2 and all(t.name in ("ductal carcinoma", "lobular carcinoma") for t in main):
+        a, b = (t.name.split()[0] for t in main)
+        return Finding("type", (f"invasive {a} and {b} carcinoma", f"{a} and {b} carcinoma"))
+    first = _invasive(main[0].name)
+    pct = f" ({main[0].share:g}%)" if main[0].share is not None else ""
+    forms = []
     if len(main) == 2:
-        forms.insert(0, f"{forms[0]} with {main[1]}")
-    if first in BREAST_TYPES:
-        forms.append(first)
+        other = main[1]
+        # a pattern stated only as a minority share stays a component ("adenocarcinoma with mucinous component")
+        second = f"{other.word} component" if other.count == 0 and (other.share or 0) < 50 else other.name
+        second_pct = f" ({other.share:g}%)" if other.share is not None else ""
+        forms += [f"{first}{pct} with {second}{second_pct}", f"{first} with {second}"]
+    forms += [f"{first}{pct}", first, main[0].name]
     return Finding("type", tuple(dict.fromkeys(forms)))
 
 
@@ -280,9 +423,21 @@ def grade_finding(grade: Grade | None, breast: bool) -> Finding | None:
 
 
 # ---- other findings visible in an H&E patch ---------------------------------------------------
+# Words every mention of a status finding contains (lower case), checked before its pattern runs.
+_STATUS_KEYS = {
+    "dcis": ("situ", "dcis", "intraductal"), "lcis": ("situ", "lcis"), "lvi": ("vascular", "lymphatic", "lvi"),
+    "necrosis": ("necros", "comedo"), "lymphocytes": ("lymph", "til"), "medullary": ("medullary", "syncytial"),
+    "mucin": ("mucin",),
+    "treatment": ("treatment", "therapy", "chemo", "radiation", "neoadjuvant", "burden", "bed", "regress"),
+}
+
+
 def _status_finding(text: str, pattern: re.Pattern, kind: str, present: tuple[str, ...],
                     absent: tuple[str, ...]) -> Finding | None:
     """Present if any mention is affirmed, absent if every stated mention is negated."""
+    keys = _STATUS_KEYS.get(kind)
+    if keys and not any(k in text.lower() for k in keys):
+        return None  # a word every mention contains is absent: skip the (slow, look-behind) scan
     stated = []
     for m in pattern.finditer(text):
         if is_unknown(text, m.end()):
@@ -351,14 +506,44 @@ def gland_finding(text: str) -> Finding | None:
     return Finding("glands", (crypts,))
 
 
+# ---- visual qualifiers of the tumour (what the patch shows beyond its type) --------------------
+_TREATMENT = re.compile(r"\b(?:treatment|therapy|chemotherapy|chemo|radiation)[\s-]+(?:related\W+)?(?:effects?|changes?|response)\b|"
+                        r"\b(?:post|after)[\s-]*(?:neoadjuvant|chemo\w*|treatment)\b|\bresidual\W+cancer\W+burden|"
+                        r"\btumou?r\W+bed\b|\bregressive\W+changes|\btumou?r\W+regression\W+grade", FLAGS)
+_NEOADJUVANT = re.compile(r"\bneo[\s-]*adjuvant|\bpre[\s-]*operative\W+(?:chemo|therapy|treatment)", FLAGS)
+_MEDULLARY = re.compile(r"\bmedullary(?:[\s-]+like)?\W+(?:features?|pattern|growth|type\W+features|differentiation)|"
+                        r"\bsyncytial\W+growth", FLAGS)
+_MUCIN = re.compile(r"\b(?:extracellular\W+)?mucin\W+(?:pools?|lakes?)\b|\bpools?\W+of\W+(?:extracellular\W+)?mucin|"
+                    r"\bextracellular\W+mucin\b|\bmucinous\W+(?:component|features?|areas?|differentiation)", FLAGS)
+
+
+def treatment_finding(text: str) -> Finding | None:
+    found = _status_finding(text, _TREATMENT, "treatment", ("treatment effect",), ("no treatment effect",))
+    if found and found.forms[0] == "treatment effect" and _NEOADJUVANT.search(text):
+        return Finding("treatment", ("treatment effect after neoadjuvant therapy", "treatment effect"))
+    return found
+
+
+def qualifier_findings(text: str) -> list[Finding | None]:
+    return [
+        treatment_finding(text),
+        _status_finding(text, _MEDULLARY, "medullary", ("medullary features",), ("no medullary features",)),
+        _status_finding(text, _MUCIN, "mucin", ("extracellular mucin pools", "mucin pools"), ("no mucin pools",)),
+    ]
+
+
+# Grading systems named by organ; elsewhere a grade is "grade N" or the stated differentiation.
+_BREAST = re.compile(r"\bbreast\b|\bmammary\b", FLAGS)
+
+
 def find_findings(text: str) -> list[Finding]:
     """All findings, most important first (the order a budget keeps them in)."""
-    types = find_types(text)
-    breast = any(t in BREAST_TYPES or t.endswith(("lobular carcinoma", "ductal carcinoma")) for t in types) or \
-        bool(re.search(r"\bbreast\b|\bmammary\b", text, FLAGS))
+    types = type_mentions(text)
+    breast = any(t.name in BREAST_TYPES for t in types) or bool(_BREAST.search(text))
     found = [
         type_finding(types),
         grade_finding(find_grade(text), breast),
+        *qualifier_findings(text),
         _status_finding(text, _DCIS, "dcis", ("ductal carcinoma in situ present", "DCIS present", "DCIS"), ("no DCIS",)),
         _status_finding(text, _LVI, "lvi", ("lymphovascular invasion present", "LVI present"),
                         ("no lymphovascular invasion", "no LVI")),

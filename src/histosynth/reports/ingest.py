@@ -102,11 +102,19 @@ def ingest_reports(ws: Workspace, cfg: HistoSynthConfig, source: Path) -> dict:
         if not rows:
             raise HistosynthError(f"{source}: no reports")
         by_case: dict[str, dict] = {}
+        duplicates = 0
         for r in rows:  # several reports of one case are kept together, in source order
             case = by_case.setdefault(r["case_id"], {"case_id": r["case_id"], "source_ids": [], "texts": [], "raw": 0})
+            text = clean_text(r["text"])
+            if text and text in case["texts"]:  # the same report twice would double the case's text
+                duplicates += 1
+                continue
             case["source_ids"].append(r["source_id"])
-            case["texts"].append(clean_text(r["text"]))
+            case["texts"].append(text)
             case["raw"] += len(r["text"])
+        if duplicates:
+            warn(f"{source}: dropped {duplicates} duplicate report row(s) (same case, identical text)")
+        manifest.results["duplicates_dropped"] = duplicates
         split = ws.assign_split(list(by_case), cfg.split.test_fraction, cfg.split.seed)
         slides = read_tile_slides(ws)
         records = []
@@ -122,7 +130,7 @@ def ingest_reports(ws: Workspace, cfg: HistoSynthConfig, source: Path) -> dict:
         with atomic_path(ws.reports_path) as tmp:
             table.to_parquet(tmp, index=False)
         result = link_summary(table, slides)
-        write_json(ws.reports_dir / "links.json", result)
+        write_json(ws.report_links_path, result)
         manifest.results.update({k: v for k, v in result.items() if not isinstance(v, list)})
     empty = int((table.n_chars == 0).sum())
     if empty:
@@ -146,6 +154,14 @@ def link_summary(table, slides) -> dict:
         "reports_without_slides": sorted(table.case_id[table.n_slides == 0]) if slides is not None else [],
         "slides_without_report": sorted(set(slides.slide_id) - linked) if slides is not None else [],
     }
+
+
+def read_report_columns(ws: Workspace, columns: list[str]) -> dict[str, list]:
+    """Columns of `reports.parquet` as lists, read with pyarrow alone (no pandas: light commands start fast)."""
+    import pyarrow.parquet as pq
+
+    path = ws.require(ws.reports_path, "reports SOURCE --workspace WS")
+    return pq.ParquetFile(path).read(columns=columns).to_pydict()  # read_table would import pandas (via datasets)
 
 
 def read_reports(ws: Workspace):

@@ -26,7 +26,7 @@ import yaml
 from ..config import SummariesConfig
 from ..console import HistosynthError
 from ..tokenizers import Tokenizer
-from .extractive import compress_sentences, problems, summarize_report
+from .extractive import BACKEND_MODEL, PROMPT_VERSION, compress_sentences, problems, summarize_report
 
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
@@ -57,27 +57,11 @@ def load_prompt(version: str, findings: list[str] | None = None) -> Prompt:
 
 
 # ---- redaction --------------------------------------------------------------------------------
-_MONTHS = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
-REDACTIONS = (
-    ("name", re.compile(r"(\b(?i:patient|name|patient name)\s?:)[ \t]*[A-Z][A-Za-z'-]+(?:,?[ \t]+[A-Z][A-Za-z'-]*){0,3}"),
-     r"\1 [NAME]"),
-    ("record_number", re.compile(r"(\b(?i:mrn|m\.r\. number|medical record(?: number| no\.?)?|accession(?: number| no\.?)?|"
-                                 r"account number|record number|case number)\s?[:#]?)[ \t]*[A-Z0-9][A-Z0-9-]{3,}"),
-     r"\1 [ID]"),
-    ("date", re.compile(rf"\b\d{{1,2}}[/.-]\d{{1,2}}[/.-]\d{{2,4}}\b|\b\d{{4}}-\d{{2}}-\d{{2}}\b|"
-                        rf"\b{_MONTHS}\s+\d{{1,2}},?\s+\d{{4}}\b|\b\d{{1,2}}\s+{_MONTHS}\s+\d{{4}}\b", re.IGNORECASE), "[DATE]"),
-    ("phone", re.compile(r"(?:\(\d{3}\)\s?|\b\d{3}[\s.-])\d{3}[\s.-]\d{4}\b"), "[PHONE]"),
-)
-
-
 def redact(text: str) -> tuple[str, dict[str, int]]:
-    """Mask obvious personal identifiers; returns the text and how many of each kind were masked."""
-    counts = {}
-    for kind, pattern, repl in REDACTIONS:
-        text, n = pattern.subn(repl, text)
-        if n:
-            counts[kind] = n
-    return text, counts
+    """Identifiers out (histosynth.reports.redact, Presidio): imported only for non-local backends."""
+    from .redact import redact as presidio_redact
+
+    return presidio_redact(text)
 
 
 def is_local(base_url: str | None) -> bool:
@@ -224,6 +208,10 @@ class LLMSummarizer:
         self.prompt = load_prompt(cfg.prompt, cfg.findings or None)
         self.client = client or ChatClient(cfg)
         self.redacting = cfg.redact and not is_local(cfg.base_url)
+        if self.redacting:  # fail before the first request when the deid extra is missing
+            from .redact import analyzer
+
+            analyzer()
 
     def fill(self, template: str, report: str, problems_text: str = "") -> str:
         words = max(3, round(self.budget * self.prompt.words_per_token))
@@ -267,18 +255,24 @@ class LLMSummarizer:
             if compressed is None:
                 compressed, how = summarize_report(text, self.budget, self.tokenizer).text, "extractive"
             log.append({"fallback": how})
-            return self.row(case_id, compressed, extracted, self.cfg.max_attempts, "fallback", log, last, redactions)
+            return self.row(case_id, compressed, extracted, self.cfg.max_attempts, "fallback", log, last, redactions,
+                            llm_wrote=how == "sentences")
         except RequestFailed as exc:
             log.append({"error": str(exc)})
             fallback = summarize_report(text, self.budget, self.tokenizer)
             attempts = sum("attempt" in e for e in log) + 1  # the attempt whose request failed
-            return self.row(case_id, fallback.text, list(fallback.findings), attempts, "error", log, last, redactions)
+            return self.row(case_id, fallback.text, list(fallback.findings), attempts, "error", log, last, redactions,
+                            llm_wrote=False)
 
-    def row(self, case_id, summary, findings, attempts, status, log, last: Reply, redactions) -> dict:
+    def row(self, case_id, summary, findings, attempts, status, log, last: Reply, redactions,
+            llm_wrote: bool = True) -> dict:
+        """A row names the backend that wrote its text: the extractive one when the LLM failed or was replaced."""
+        writer = ("openai", self.cfg.model, self.prompt.version) if llm_wrote else \
+            ("extractive", BACKEND_MODEL, PROMPT_VERSION)
         return {
             "case_id": case_id, "budget": self.budget, "summary": summary,
-            "n_tokens": self.tokenizer.count(summary), "tokenizer": self.tokenizer.name, "backend": "openai",
-            "model": self.cfg.model, "prompt_version": self.prompt.version, "attempts": attempts,
+            "n_tokens": self.tokenizer.count(summary), "tokenizer": self.tokenizer.name, "backend": writer[0],
+            "model": writer[1], "prompt_version": writer[2], "requested_model": self.cfg.model, "attempts": attempts,
             "status": status, "findings": findings, "reply_model": last.model,
             "system_fingerprint": last.system_fingerprint,
             "requests": sum(e.get("requests", 0) for e in log), "redactions": redactions,

@@ -15,8 +15,7 @@ BIN = 5  # tokens per histogram bin
 
 
 def budgets_on_disk(ws: Workspace) -> list[int]:
-    found = (re.fullmatch(r"budget-(\d+)\.parquet", p.name) for p in ws.summaries_dir.glob("budget-*.parquet"))
-    return sorted(int(m[1]) for m in found if m)
+    return ws.summary_budgets()
 
 
 def budget_stats(table, budget: int) -> dict:
@@ -70,3 +69,30 @@ def workspace_stats(ws: Workspace, budgets: list[int] | None = None) -> list[dic
     from .summarize import read_summaries
 
     return [budget_stats(read_summaries(ws, b), b) for b in (budgets or budgets_on_disk(ws))]
+
+
+LABEL_TYPE_WORDS = ("ductal", "lobular", "mucinous", "medullary", "metaplastic", "micropapillary", "tubular",
+                    "cribriform", "papillary", "apocrine")
+
+
+def label_contradictions(table, labels, confidences=("high", "medium")) -> list[dict]:
+    """Summaries that state a histologic type or grade contradicting a confident hand label.
+
+    A type contradicts when the summary names types (outside "... in situ") and none is the labelled
+    one; a grade contradicts when the first "grade N" differs from the label. Unstated is not a contradiction.
+    """
+    labels = labels.set_index("patient_id")
+    out = []
+    for case_id, summary in zip(table.case_id, table.summary):
+        if case_id not in labels.index or labels.loc[case_id].confidence not in confidences:
+            continue
+        row = labels.loc[case_id]
+        invasive = re.sub(r"\w+ carcinoma in situ", " ", summary, flags=re.I)
+        stated = {t for t in LABEL_TYPE_WORDS if re.search(rf"\b{t}", invasive, re.I)}
+        wanted = {t.split("_")[0] for t in row.histologic_type.replace("mixed_ductal_lobular", "ductal+lobular").split("+")}
+        if row.histologic_type != "none_stated" and stated and not stated & wanted:
+            out.append({"case_id": case_id, "field": "type", "label": row.histologic_type, "summary": summary})
+        grades = re.findall(r"\bgrade (\d)\b", summary, re.I)
+        if str(row.grade) != "none_stated" and grades and grades[0] != str(row.grade):
+            out.append({"case_id": case_id, "field": "grade", "label": str(row.grade), "summary": summary})
+    return out

@@ -120,11 +120,12 @@ def fat_mask(tissue: np.ndarray, mpp: float) -> np.ndarray:
     return bounded[regions] & (distance <= FAT_REACH_UM)
 
 
-def describe_one(image: np.ndarray, mpp: float) -> dict[str, float]:
+def describe_one(image: np.ndarray, mpp: float, tissue: np.ndarray | None = None) -> dict[str, float]:
+    """Descriptors of one tile; `tissue`: its tile_tissue_mask when the caller has it already."""
     from scipy import ndimage as ndi
 
     h, e = hed(image)
-    tissue = tile_tissue_mask(image, mpp)
+    tissue = tile_tissue_mask(image, mpp) if tissue is None else tissue
     labels = segment_nuclei(h, mpp)
     n = int(labels.max())
     areas = np.bincount(labels.ravel())[1:] * mpp ** 2 if n else np.zeros(0)

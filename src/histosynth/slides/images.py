@@ -231,7 +231,7 @@ def tile_dataset(spec: TileDatasetSpec, out: Path, cfg, assume_mpp: float | None
 
     from ..fileio import atomic_path
     from .descriptors import DESCRIPTORS, describe_one, write_descriptors
-    from .tissue import TISSUE_RULE, tissue_fraction
+    from .tissue import TISSUE_RULE, tile_tissue_mask
 
     if not assume_mpp:
         raise HistosynthError(f"{spec.root}: plain images carry no scale; pass --assume-mpp X "
@@ -257,8 +257,9 @@ def tile_dataset(spec: TileDatasetSpec, out: Path, cfg, assume_mpp: float | None
             start = len(imgs)
             imgs.resize(start + len(tiles), axis=0)
             imgs[start:] = np.stack(tiles)
-            fractions = tissue_fraction(np.stack(tiles), cfg.mpp)
-            for xy, tile, frac in zip(coords, tiles, fractions):
+            masks = [tile_tissue_mask(t, cfg.mpp) for t in tiles]   # tissue_fraction = their means
+            for xy, tile, mask in zip(coords, tiles, masks):
+                frac = float(mask.mean())
                 columns["coords"].append(xy)
                 columns["tissue"].append(frac)
                 columns["source"].append(entry.source)
@@ -266,7 +267,7 @@ def tile_dataset(spec: TileDatasetSpec, out: Path, cfg, assume_mpp: float | None
                 columns["caption"].append(entry.caption)
                 columns["case_id"].append(entry.case_id or f"{spec.dataset_id}/{entry.source}")
                 if cfg.descriptors:
-                    rows.append(describe_one(tile, cfg.mpp))
+                    rows.append(describe_one(tile, cfg.mpp, mask))
             if on_tiles is not None:
                 on_tiles(n + 1, len(spec.entries))
         dset = f.create_dataset("coords", data=np.asarray(columns["coords"], dtype=np.int64).reshape(-1, 2))

@@ -31,7 +31,7 @@ from ..fileio import atomic_path
 from ..manifest import recording
 from ..workspace import Workspace
 from .reader import SlideMeta, best_level, level0_mpp, open_slide, slide_meta
-from .tissue import TISSUE_RULE, tile_fractions, tissue_fraction, tissue_mask
+from .tissue import TISSUE_RULE, tile_fractions, tile_tissue_mask, tissue_mask
 
 MASK_PX_PER_TILE = 16         # tissue-mask pixels along a tile edge (CLAM segments at ~64x downsample)
 MAX_MASK_DOWNSAMPLE = 64
@@ -154,8 +154,9 @@ def read_run(slide, grid: Grid, coords: np.ndarray, cfg: SlidesConfig, compress:
         else:  # PIL scales its filter support with the reduction: antialiased
             box = (x_level, 0.0, x_level + extent0 / d, extent0 / d)
             tile = np.asarray(strip.resize((grid.size, grid.size), Image.Resampling.BILINEAR, box=box))
-        fraction = float(tissue_fraction(tile, cfg.mpp)[0])
-        desc = describe_one(tile, cfg.mpp) if cfg.descriptors and fraction >= cfg.min_tissue else None
+        mask = tile_tissue_mask(tile, cfg.mpp)     # tissue.tissue_fraction(tile) is its mean
+        fraction = float(mask.mean())
+        desc = describe_one(tile, cfg.mpp, mask) if cfg.descriptors and fraction >= cfg.min_tissue else None
         out.append(ReadTile(zlib.compress(tile.tobytes(), compress) if compress else tile, fraction, desc))
     return out
 
