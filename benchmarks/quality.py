@@ -87,6 +87,7 @@ DATASETS = {
     "kather": Dataset("kather", "Kather 2016 tiles, class text, split by source image", "class",
                       ["text.template='{label}'", "split.test_fraction=0.3", "text.missing_summary=empty"]),
 }
+MIN_CHUNK = 50   # steps; a shorter last chunk would spend more on restarting than on training
 BASE_OVERRIDES = ["train.validation_images=0", "train.validate_every=0", "train.keep_checkpoints=1"]
 
 
@@ -165,10 +166,12 @@ def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str) -> dict:
     cpu, wall, steps, chunks = 0.0, 0.0, 0, 0
     manifest = ws.run_dir(run_name) / "manifest.json"
     while steps < sizes.max_train_steps:
-        per_step = cpu / steps if steps else None
-        if per_step and cpu + per_step * sizes.chunk_steps > sizes.train_minutes * 60:
-            break
-        target = min(sizes.max_train_steps, steps + sizes.chunk_steps)
+        chunk = sizes.chunk_steps
+        if steps:  # the last chunk takes what the budget has left, at the CPU time per step so far
+            chunk = min(chunk, int((sizes.train_minutes * 60 - cpu) / (cpu / steps)))
+            if chunk < min(MIN_CHUNK, sizes.chunk_steps):
+                break
+        target = min(sizes.max_train_steps, steps + chunk)
         chunk_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": target,
                                                                                  "checkpoint_every": sizes.chunk_steps})})
         t0, c0 = time.perf_counter(), time.process_time()
