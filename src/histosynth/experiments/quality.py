@@ -145,10 +145,7 @@ def condition_grid(ws, index, condition: Condition, folder: Path, png: Path, val
     values = list(values or condition.values)
     fake = generated_by_value(folder, index, condition)
     real = real_by_value(ws, index, condition, per_side)
-    label = label or (lambda v: f"{condition.field} {v}")
-
-    def name(v: str) -> str:
-        return f"{label(v)} ({len(fake.get(v, []))} generated)"
+    name = label or (lambda v: f"{condition.field} {v}")
 
     rows = [(name(v), real.get(v, []), fake.get(v, [])) for v in values]
     png.parent.mkdir(parents=True, exist_ok=True)

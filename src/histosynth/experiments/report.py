@@ -198,7 +198,7 @@ def condition_grid_png(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[
     plt = _pyplot()
     fig, axes = plt.subplots(len(rows), 2, figsize=(10, 1.2 * len(rows) + (0.5 if title else 0.2)), squeeze=False)
     for r, (label, real, fake) in enumerate(rows):
-        for c, (images, side) in enumerate(((real, "real"), (fake, "generated"))):
+        for c, (images, side) in enumerate(((real, "real"), (fake, f"generated ({len(fake)} images)"))):
             ax = axes[r, c]
             ax.axis("off")
             shown = list(images)[:per_side]
