@@ -20,13 +20,14 @@ SMOKE = (
     "train.validation_images=0",
     "sample.steps=4",
 )
-STAGES = ["tile", "reports", "summarize", "embed", "train-vae", "encode", "train", "sample", "sample-prompts", "evaluate"]
+STAGES = ["sample-data", "tile", "reports", "summarize", "embed", "train-vae", "encode", "train", "sample", "evaluate",
+          "sample-prompts"]
 
 
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    html = run_demo(out, overrides=SMOKE)
+    html = run_demo(out, overrides=SMOKE, data="sample")
     return out, html
 
 
@@ -51,7 +52,7 @@ def test_demo_writes_an_honest_report(demo_out):
 def test_demo_rerun_skips_finished_stages(demo_out):
     out, html = demo_out
     t0 = time.perf_counter()
-    run_demo(out, overrides=SMOKE)
+    run_demo(out, overrides=SMOKE, data="sample")
     assert time.perf_counter() - t0 < 30
     results = json.loads((out / "report" / "results.json").read_text())
     assert {s["status"] for s in results["stages"]} == {"resumed"}

@@ -16,11 +16,13 @@ def demo(
     reports: Optional[Path] = typer.Option(None, "--reports", help="Reports file (CSV, JSONL) for --slides."),
     preset: str = typer.Option("tiny-cpu", "--preset", help="Preset: tiny-cpu, pathldm or rao-gupta."),
     overrides: list[str] = SetOpt,
+    data: str = typer.Option("auto", "--data", help="auto: real H&E when the data registry has it, else the "
+                                                     "built-in sample; real; sample."),
 ) -> None:
     """Run the whole pipeline (tile -> ... -> evaluate) and write an HTML report; resumes if rerun."""
     from .demo import run_demo
 
-    run_demo(out, slides=slides or None, reports=reports, preset=preset, overrides=overrides)
+    run_demo(out, slides=slides or None, reports=reports, preset=preset, overrides=overrides, data=data)
 
 
 def _csv(option: str, value: Optional[str], cast=str) -> Optional[list]:

@@ -11,6 +11,7 @@ on real slides and reports.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -19,7 +20,10 @@ from ..config import HistoSynthConfig
 from ..console import HistosynthError, info
 from ..fileio import read_json, text_hash, write_json
 from ..manifest import PeakMemory
+from ..runfolder import RunFolder
+from ..slides.index import read_index
 from ..workspace import Workspace
+from .runner import STAGES
 
 RUN_NAME = "demo"
 # The tiny-cpu preset is sized for the chain to fit minutes on 2 cores; the demo also samples with
@@ -32,6 +36,18 @@ BUILTIN_SAMPLE_SETTINGS = ("split.seed=1",)
 PROMPT_SAMPLES = 8        # images per prompt in the report
 MAX_PROMPTS = 4           # distinct condition texts shown
 GRID_TILES = 32           # tiles per side of the real-vs-generated picture
+DATA_CHOICES = ("auto", "real", "sample")
+REAL_DATA_HINT = "set HISTOSYNTH_DATA_MIRROR to the real-data mirror, e.g. ../shared/data"
+CMU1 = "slides/CMU-1-Small-Region.svs"
+DESCRIPTOR_TEMPLATE = "{nuclei} nuclei density; {stroma} stroma"  # no {fat}: constant on CMU-1's tiles
+# Real H&E at tiny-cpu scale: enough steps for the text to steer the images, within 10 min on 2 cores.
+REAL_TINY_SETTINGS = ("vae.steps=200", "train.steps=600", "train.checkpoint_every=100", "train.validation_images=0",
+                      "sample.steps=25", "sample.guidance=3.0")
+REAL_IMAGES = 96          # generated images, each from a random test tile's condition text
+DEMO_STAGE_ORDER = (*STAGES, "sample-prompts")
+REAL_SMOKE_NOTE = ("A small model trained for minutes on a CPU. The fidelity figures say whether the text steers "
+                   "it at this scale, each beside its control and the real-data reference; the pictures are not "
+                   "what a GPU-trained model makes.")
 
 
 def demo_settings(preset: str, overrides: Sequence[str], builtin_sample: bool) -> list[str]:
@@ -43,8 +59,9 @@ def demo_settings(preset: str, overrides: Sequence[str], builtin_sample: bool) -
 class StageClock:
     """Runs a demo stage once: times it, measures its peak memory, and skips it on a rerun."""
 
-    def __init__(self, folder: Path, choices: Sequence[str]):
+    def __init__(self, folder: Path, choices: Sequence[str], label: str = "demo"):
         self.folder = folder
+        self.label = label
         # What the user chose (preset, overrides, inputs), not the resolved config: a new config
         # field in a newer histosynth must not redo a finished demo.
         self.fingerprint = text_hash("\n".join(choices))
@@ -60,10 +77,10 @@ class StageClock:
         if marker.exists():
             record = read_json(marker)
             if record.get("fingerprint") == self.fingerprint:
-                info(f"demo: {name}: finished before, skipped")
+                info(f"{self.label}: {name}: finished before, skipped")
                 self.records.append({**record, "status": "resumed"})
                 return None
-        info(f"demo: {name} ...")
+        info(f"{self.label}: {name} ...")
         t0, cpu0 = time.perf_counter(), time.process_time()
         with PeakMemory() as memory:
             result = fn()
@@ -73,73 +90,61 @@ class StageClock:
                   "fingerprint": self.fingerprint}
         write_json(marker, record)
         self.records.append({**record, "status": "ran"})
-        info(f"demo: {name}: {record['wall_time_s']:.1f} s")
+        info(f"{self.label}: {name}: {record['wall_time_s']:.1f} s")
         return result
 
 
 def run_demo(out: str | Path, slides: Sequence[str | Path] | None = None, reports: str | Path | None = None,
-             preset: str = "tiny-cpu", overrides: Sequence[str] = ()) -> Path:
-    """Run (or resume) the whole pipeline under `out`; returns the report's index.html."""
-    from ..evaluate.run import evaluate
-    from ..latents.encode import encode_workspace
-    from ..latents.vae import train_vae
-    from ..reports.ingest import ingest_reports
-    from ..reports.summarize import summarize_workspace
-    from ..sample.generate import sample_run
-    from ..slides.tiler import tile_slides
-    from ..text.embed import embed_workspace
-    from ..train.trainer import train
+             preset: str = "tiny-cpu", overrides: Sequence[str] = (), data: str = "auto") -> Path:
+    """Run (or resume) the whole pipeline under `out`; returns the report's index.html.
 
+    data: "auto" (real H&E when the data registry has it, else the built-in sample), "real", "sample";
+    ignored when `slides` and `reports` are given."""
     out = Path(out)
     if (slides is None) != (reports is None):
         raise HistosynthError("demo: give both --slides and --reports, or neither (the built-in sample)")
+    if data not in DATA_CHOICES:
+        raise HistosynthError(f"demo: --data {data}: choose from {', '.join(DATA_CHOICES)}")
+    real = None if slides is not None or data == "sample" else real_data()
+    if data == "real" and real is None:
+        raise HistosynthError(f"demo: --data real: no real H&E found ({REAL_DATA_HINT})")
+    if real is not None:
+        return run_real_demo(out, real, preset, overrides)
+    return run_report_demo(out, slides, reports, preset, overrides)
+
+
+def run_report_demo(out: Path, slides, reports, preset: str, overrides: Sequence[str]) -> Path:
+    """Slides + pathology reports (the built-in sample by default): condition on each case's summary."""
+    from .runner import Pipeline, SampleSpec
+
     started, cpu_started = time.perf_counter(), time.process_time()
     builtin_sample = slides is None
-    if builtin_sample:
-        from ..sample_data import make_sample
-
-        sample = make_sample(out / "sample")  # seconds; makes the same files every time
-        slides, reports, data = sample["slides"], sample["reports"], "built-in sample (scikit-image IHC colon picture)"
-    else:
-        data = f"slides {', '.join(map(str, slides))}; reports {reports}"
-    slides = [Path(s) for s in slides]
     ws = Workspace(out / "workspace")
     settings = demo_settings(preset, overrides, builtin_sample)
     cfg = ws.ensure_config(preset=preset, overrides=settings)
+    if builtin_sample:
+        pipe = Pipeline(ws, cfg, sample_data=out / "sample")
+        data = "built-in sample (scikit-image IHC colon picture)"
+    else:
+        pipe = Pipeline(ws, cfg, slides=slides, reports=reports)
+        data = f"slides {', '.join(map(str, slides))}; reports {reports}"
     budget = cfg.summaries.budget
     run_dir = ws.run_dir(RUN_NAME)
     samples_dir, prompts_dir, eval_dir = out / "samples" / "test", out / "samples" / "prompts", out / "eval"
-    stage = StageClock(out / "stages", [preset, *settings, *map(str, slides), str(reports)])
-
-    stage("tile", lambda: tile_slides(ws, cfg, slides))
-    stage("reports", lambda: ingest_reports(ws, cfg, Path(reports)))
-    stage("summarize", lambda: summarize_workspace(ws, cfg, budget))
-    stage("embed", lambda: embed_workspace(ws, cfg, budget))
-    stage("train-vae", lambda: train_vae(ws, cfg))
-    stage("encode", lambda: encode_workspace(ws, cfg))
-    # An interrupted run resumes from its checkpoint; one finished with another config starts over.
-    stage("train", lambda: train(ws, cfg, budget, run_name=RUN_NAME, resume=not stage.changed("train")))
+    records = pipe.run(stages=[s for s in STAGES if s not in ("sample", "evaluate")], run_name=RUN_NAME)
     n_test = min(GRID_TILES, len(test_tile_ids(ws)))
-    stage("sample", lambda: sample_run(run_dir, prompts=None, n=n_test, from_summaries=True, split="test",
-                                        seed=cfg.sample.seed, out_dir=samples_dir, workspace=ws.root, budget=budget))
+    records |= pipe.run(stages=["sample", "evaluate"], run_name=RUN_NAME, eval_dir=eval_dir,
+                        sample=SampleSpec(n=n_test, out_dir=samples_dir, seed=cfg.sample.seed, split="test"))
     prompts = demo_prompts(ws, budget)
-    stage("sample-prompts", lambda: sample_run(run_dir, prompts=prompts, n=PROMPT_SAMPLES * len(prompts),
-                                                seed=cfg.sample.seed, out_dir=prompts_dir))
-    stage("evaluate", lambda: evaluate(f"{ws.root}:test", samples_dir, eval_dir, train=f"{ws.root}:train",
-                                       inception_weights=cfg.evaluate.inception_weights))
-
-    from .report import write_report
+    prompt_record = pipe.run(stages=["sample"], run_name=RUN_NAME, sample=SampleSpec(
+        n=PROMPT_SAMPLES * len(prompts), out_dir=prompts_dir, seed=cfg.sample.seed, prompts=prompts))["sample"]
+    records["sample-prompts"] = dataclasses.replace(prompt_record, name="sample-prompts")
 
     report_dir = out / "report"
     results = {
-        "title": "histosynth demo",
-        "preset": cfg.preset,
-        "smoke": is_smoke(cfg),
-        "data": data,
-        "device": device_name(),
-        "stages": stage.records,
-        "total_wall_s": time.perf_counter() - started,
-        "total_cpu_s": time.process_time() - cpu_started,
+        "title": "histosynth demo", "preset": cfg.preset, "smoke": is_smoke(cfg), "data": data,
+        "device": device_name(), "stages": stage_rows(records, DEMO_STAGE_ORDER),
+        "total_wall_s": time.perf_counter() - started, "total_cpu_s": time.process_time() - cpu_started,
         "metrics": metric_summary(read_json(eval_dir / "eval.json")),
         "images": report_images(ws, run_dir, samples_dir, prompts_dir, report_dir),
         "notes": [f"Summary budget {budget} tokens ({cfg.summaries.backend}); text encoder {cfg.text.encoder}; "
@@ -147,10 +152,127 @@ def run_demo(out: str | Path, slides: Sequence[str | Path] | None = None, report
                   f"{cfg.sample.sampler} {cfg.sample.steps} steps, guidance {cfg.sample.guidance}.",
                   split_note(ws)],
     }
+    return finish_report(results, report_dir)
+
+
+def run_real_demo(out: Path, real: "RealData", preset: str, overrides: Sequence[str]) -> Path:
+    """Real H&E without reports: condition on what each tile shows (descriptor words or its class),
+    then show the conditioning at work: a grid per requested condition and fidelity with its control."""
+    from . import quality
+    from .runner import Pipeline, SampleSpec
+
+    started, cpu_started = time.perf_counter(), time.process_time()
+    ws = Workspace(out / "workspace")
+    settings = [*(REAL_TINY_SETTINGS if preset == "tiny-cpu" else ()), *real.overrides, *overrides]
+    cfg = ws.ensure_config(preset=preset, overrides=settings)
+    budget = cfg.summaries.budget
+    captions = out / "captions.csv"
+    pipe = Pipeline(ws, cfg, slides=[real.source], reports=captions)
+    records = pipe.run(stages=["tile"], run_name=RUN_NAME)
+    split = quality.region_split(ws) if real.kind == "descriptor" else None  # one slide: hold out a region
+    quality.write_captions(ws, captions)
+    records |= pipe.run(stages=["reports", "summarize", "embed", "train-vae", "encode", "train"], run_name=RUN_NAME)
+    run_dir = ws.run_dir(RUN_NAME)
+
+    index = read_index(ws)
+    condition = quality.descriptor_condition(real.field) if real.kind == "descriptor" else quality.class_condition(index)
+    # Each image from the text of a random test tile (its tile_id recorded): evaluate reads what it requested.
+    samples_dir, eval_dir, report_dir = out / "samples" / "test", out / "eval", out / "report"
+    records |= pipe.run(stages=["sample", "evaluate"], run_name=RUN_NAME, eval_dir=eval_dir, sample=SampleSpec(
+        n=REAL_IMAGES, out_dir=samples_dir, seed=cfg.sample.seed, split="test"))
+    eval_json = read_json(eval_dir / "eval.json")
+    fidelity = quality.summarize_eval(eval_json, condition)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    grid = quality.condition_grid(ws, index, condition, samples_dir, report_dir / "conditions.png",
+                                  values=real.grid_values or None, title="real test tiles vs images generated "
+                                                                          "from test tiles' condition texts")
+    results = {
+        "title": "histosynth demo", "preset": cfg.preset, "smoke": is_smoke(cfg), "data": real.description,
+        "smoke_note": REAL_SMOKE_NOTE,
+        "device": device_name(), "stages": stage_rows(records, STAGES),
+        "total_wall_s": time.perf_counter() - started, "total_cpu_s": time.process_time() - cpu_started,
+        "metrics": metric_summary(eval_json),
+        "conditioning": {"grid": grid, "condition": condition.column, "figures": fidelity,
+                         "rows": quality.table_rows([{"dataset": real.name, "metrics": fidelity}]),
+                         "explanation": real.explanation},
+        "images": {"loss_curve": report_loss(run_dir, report_dir)},
+        "notes": [f"Condition text: '{cfg.text.template}'" + (f" (words: {', '.join(condition.values)})"
+                                                               if real.kind == "descriptor" else "") +
+                  f"; text encoder {cfg.text.encoder}; U-Net trained {cfg.train.steps} steps, VAE {cfg.vae.steps} "
+                  f"steps; sampler {cfg.sample.sampler} {cfg.sample.steps} steps, guidance {cfg.sample.guidance}; "
+                  f"{REAL_IMAGES} images, each from a random test tile's condition text.",
+                  split_note(ws, split)],
+    }
+    return finish_report(results, report_dir)
+
+
+def finish_report(results: dict, report_dir: Path) -> Path:
+    from .report import write_report
+
     path = write_report(results, report_dir)
     write_json(report_dir / "results.json", results)
     info(f"report: {path}")
     return path
+
+
+def stage_rows(records: dict, order: Sequence[str]) -> list[dict]:
+    """The runner's stage records as report rows, in pipeline order."""
+    rows = []
+    for name in [n for n in order if n in records]:
+        r = records[name]
+        rows.append({"name": name, "status": r.status, "wall_time_s": r.wall_time_s, "cpu_time_s": r.cpu_time_s,
+                     "rss_peak_bytes": r.rss_peak_bytes})
+    return rows
+
+
+def report_loss(run_dir: Path, report_dir: Path) -> Path | None:
+    from .report import plot_loss_curve
+
+    loss_csv = RunFolder(run_dir).loss_log
+    return plot_loss_curve(loss_csv, report_dir / "loss.png") if loss_csv.exists() else None
+
+
+# ---- real data ----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class RealData:
+    name: str
+    description: str
+    source: Path
+    kind: str                       # "descriptor" | "class"
+    overrides: tuple[str, ...]
+    explanation: str
+    field: str | None = None
+    grid_values: tuple[str, ...] = ()
+
+
+def real_data() -> RealData | None:
+    """Real H&E from the data registry (its local mirror), or None: then the demo uses the built-in sample."""
+    slide = registry_path(CMU1)
+    if slide is None:
+        return None
+    return RealData(
+        name="cmu1", source=slide, kind="descriptor", field="nuclei", grid_values=("low", "high"),
+        description=f"CMU-1-Small-Region.svs (real H&E, OpenSlide test data, CC0), {slide}; tiles left of a "
+                    "vertical line train, right of it test",
+        overrides=(f"text.template='{DESCRIPTOR_TEMPLATE}'", "text.missing_summary=empty"),
+        explanation="Each tile's condition text names its own nuclei density and stroma share as low/medium/high "
+                    "(quantile bins of the training tiles). Each image is generated from a random test tile's text; "
+                    "its nuclei density is then measured with the same descriptor. Fidelity: Spearman correlation "
+                    "of the requested level with the measured density; the control pairs the same images with "
+                    "shuffled requests (a generator that ignored the text scores about 0 either way). Reference: "
+                    "the real test tiles against their own levels (the attainable maximum).")
+
+
+def registry_path(name: str) -> Path | None:
+    """A real-data file through the data registry (its mirror, cache or upstream URL, sha256 checked);
+    None when it cannot be had here."""
+    from .. import datasets
+
+    try:
+        return datasets.fetch(name)
+    except datasets.DataUnavailable as exc:
+        info(f"demo: no real H&E ({exc}); using the built-in sample")
+        return None
 
 
 def is_smoke(cfg: HistoSynthConfig) -> bool:
@@ -166,16 +288,15 @@ def device_name() -> str:
 
 
 def test_tile_ids(ws: Workspace) -> list[int]:
-    from ..slides.index import read_index
-
     index = read_index(ws)
     return index.loc[index["split"] == "test", "tile_id"].tolist()
 
 
-def split_note(ws: Workspace) -> str:
-    from ..slides.index import read_index
-
+def split_note(ws: Workspace, region: dict | None = None) -> str:
     index = read_index(ws)
+    if region:
+        return (f"Region split (one slide, so no case can be held out): {region['rule']}; "
+                f"train {region['train']} tiles, test {region['test']} tiles.")
     parts = []
     for split in ("train", "test"):
         rows = index[index["split"] == split]
@@ -218,7 +339,7 @@ def report_images(ws: Workspace, run_dir: Path, samples_dir: Path, prompts_dir: 
     fake = [load_rgb(samples_dir / r["file"]) for r in records]
     images = {"overview": overview_png(list(real), fake, report_dir / "overview.png",
                                        fake_title="generated from the same tiles' report text")}
-    loss_csv = run_dir / "logs" / "loss.csv"
+    loss_csv = RunFolder(run_dir).loss_log
     if loss_csv.exists():
         images["loss_curve"] = plot_loss_curve(loss_csv, report_dir / "loss.png")
     prompts = []

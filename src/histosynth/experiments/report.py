@@ -7,6 +7,8 @@ any stage. The dict's keys:
     stages:   [{name, status ("ran" | "resumed"), wall_time_s, rss_peak_bytes, rss_peak_above_baseline_bytes}]
     metrics:  {"computed": {name: value}, "skipped": {name: reason}}
     images:   {"overview": png, "loss_curve": png, "prompts": [{"prompt": str, "image": png}]}
+    conditioning (optional): {"grid": png, "explanation": str,
+                              "rows": [{metric, generated, control, reference}] (quality.table_rows)}
     notes:    [str]
 """
 
@@ -64,10 +66,11 @@ def render_html(results: dict[str, Any]) -> str:
         f"(CPU time {seconds(results.get('total_cpu_s'))}).</p>",
     ]
     if results.get("smoke"):
-        parts.append(f"<p class='warn'><b>Smoke-scale CPU model.</b> {esc(SMOKE_NOTE)}</p>")
+        parts.append(f"<p class='warn'><b>Smoke-scale CPU model.</b> {esc(results.get('smoke_note') or SMOKE_NOTE)}</p>")
     for note in results.get("notes", []):
         parts.append(f"<p>{esc(note)}</p>")
 
+    parts += conditioning_html(results.get("conditioning"))
     images = results.get("images", {})
     if images.get("overview"):
         parts += ["<h2>Real vs generated</h2>", _img_tag(images["overview"], "real vs generated tiles")]
@@ -112,6 +115,24 @@ def render_html(results: dict[str, Any]) -> str:
         )
     parts += ["</table>", "</body></html>"]
     return "\n".join(parts)
+
+
+def conditioning_html(cond: dict | None) -> list[str]:
+    """The conditioning at work: real vs generated per requested condition, fidelity with its control."""
+    if not cond:
+        return []
+    esc = html.escape
+    parts = ["<h2>Conditioning at work</h2>", f"<p>{esc(cond.get('explanation', ''))}</p>"]
+    if cond.get("grid"):
+        parts.append(_img_tag(cond["grid"], "real vs generated tiles per requested condition"))
+    rows = cond.get("rows") or []
+    if rows:
+        parts.append("<table><tr><th>metric</th><th>generated [95% CI]</th><th>control [95% CI]</th>"
+                     "<th>reference</th></tr>")
+        parts += [f"<tr><td>{esc(r['metric'])}</td><td>{esc(r['generated'])}</td><td>{esc(r['control'])}</td>"
+                  f"<td>{esc(r['reference'])}</td></tr>" for r in rows]
+        parts.append("</table>")
+    return parts
 
 
 def write_report(results: dict[str, Any], out_dir: str | Path) -> Path:
@@ -162,6 +183,32 @@ def overview_png(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], png: st
         ax.imshow(sheet, interpolation="nearest")
         ax.set_title(title)
         ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return Path(png)
+
+
+def condition_grid_png(rows: Sequence[tuple[str, Sequence[np.ndarray], Sequence[np.ndarray]]], png: str | Path,
+                       per_side: int = 6, title: str | None = None) -> Path:
+    """One row per condition: real tiles of that condition (left) beside images generated from its
+    text (right), so a reader sees whether the text steers the images. rows: (label, real, fake)."""
+    from ..imageio import contact_sheet
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(rows), 2, figsize=(10, 1.2 * len(rows) + (0.5 if title else 0.2)), squeeze=False)
+    for r, (label, real, fake) in enumerate(rows):
+        for c, (images, side) in enumerate(((real, "real"), (fake, f"generated ({len(fake)} images)"))):
+            ax = axes[r, c]
+            ax.axis("off")
+            shown = list(images)[:per_side]
+            if shown:
+                ax.imshow(contact_sheet(shown, columns=per_side), interpolation="nearest")
+            else:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(f"{label}: {side}", fontsize=9, loc="left")
+    if title:
+        fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
