@@ -113,6 +113,15 @@ def test_fit_edges_and_bin_words():
     assert bin_words(df, {"nuclear_area": [0.5, 2.0]})[0]["nuclear_area"] == "low"   # NaN (a missing value): low
 
 
+def test_a_zero_inflated_descriptor_says_low_for_its_zeros():
+    """Most tiles have no fat: the tercile edges tie at 0, and a tile without fat must not read "high fat"."""
+    df = pd.DataFrame({"desc_fat_fraction": [0.0] * 8 + [0.3, 0.6]})
+    edges = fit_edges(df, ["fat_fraction"])
+    assert edges["fat_fraction"] == [0.0, 0.0]
+    words = [w["fat_fraction"] for w in bin_words(df, edges)]
+    assert words == ["low"] * 8 + ["high"] * 2
+
+
 def test_a_tile_without_nuclei_has_zero_density_and_area():
     glass = np.full((64, 64, 3), 235, dtype=np.uint8)
     row = describe(glass, 0.5).iloc[0]

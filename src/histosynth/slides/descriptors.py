@@ -178,8 +178,9 @@ def fit_edges(df, names, n_bins: int = 3) -> dict[str, list[float]]:
 
 
 def bin_words(values, edges: dict[str, list[float]], levels=LEVELS) -> list[dict[str, str]]:
-    """Words per row: a value below the first edge is levels[0], at or above the last is levels[-1];
-    NaN (no nuclei, so no nuclear area) is levels[0]."""
+    """Words per row: a value at or below the first edge is levels[0], above the last is levels[-1];
+    NaN (no nuclei, so no nuclear area) is levels[0]. Bins are closed on the right so that a
+    zero-inflated descriptor (most tiles without fat: edges [0, 0]) says "low" for its zeros."""
     import pandas as pd
 
     frame = pd.DataFrame([values]) if isinstance(values, dict) else values
@@ -189,7 +190,7 @@ def bin_words(values, edges: dict[str, list[float]], levels=LEVELS) -> list[dict
             raise ValueError(f"bin_words: {name} has {len(inner)} edges for {len(levels)} levels")
         col = name if name in frame else column(name)
         v = np.asarray(frame[col], dtype=float)
-        idx = np.where(np.isfinite(v), np.searchsorted(np.asarray(inner), np.nan_to_num(v), side="right"), 0)
+        idx = np.where(np.isfinite(v), np.searchsorted(np.asarray(inner), np.nan_to_num(v), side="left"), 0)
         for row, i in zip(out, idx):
             row[name] = levels[int(i)]
     return out
