@@ -65,3 +65,26 @@ def real_reports() -> Path:
 @pytest.fixture
 def real_labels() -> Path:
     return shared_file("reports/tcga_brca_reports_52_labels.csv")
+
+
+# ---- test tiers -----------------------------------------------------------------------------------
+# `make test-fast` runs `-m unit`: whole files listed here plus tests marked `@pytest.mark.unit` in
+# the slower files, so every test file keeps at least one test in the fast tier (checked below).
+UNIT_FILES = {
+    "test_architecture.py", "test_migration.py", "test_core.py", "test_foundation.py", "test_text.py",
+    "test_reports.py", "test_summarize_extractive.py", "test_redact.py", "test_cross_cancer.py",
+    "test_reports_summaries.py", "test_slides_descriptors.py", "test_features.py", "test_descriptors.py",
+    "test_slides.py", "test_slides_dataset.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in UNIT_FILES:
+            item.add_marker(pytest.mark.unit)
+    if config.getoption("markexpr", "") == "unit" and not config.getoption("keyword", ""):
+        files = {item.path.name for item in items}
+        fast = {item.path.name for item in items if item.get_closest_marker("unit")}
+        missing = sorted(files - fast)
+        if missing:
+            raise pytest.UsageError("the unit tier has no test from " + ", ".join(missing))
