@@ -105,7 +105,7 @@ def pixels(folder: Path) -> dict[str, str]:
     import numpy as np
     from PIL import Image
 
-    return {p.name: hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest()[:16] for p in sorted(folder.glob("*.png"))}
+    return {p.name: hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest()[:16] for p in sorted(folder.glob("[0-9]*.png"))}  # generated images, not the contact sheet
 
 
 def tile_table(ws: Path) -> list[tuple]:

@@ -250,10 +250,6 @@ class RunFolder:
             return None
         return unit.output
 
-    def is_converted(self) -> bool:
-        return self.source_checkpoint() is not None
-
-
 def weights_hash(folder: Path) -> str:
     """Identity of a model folder's weights (config + safetensors), for 'exported == checkpoint'."""
     from .fileio import hash_input

@@ -82,10 +82,6 @@ class WorkLog:
         self.units[str(unit)] = UnitStatus(inputs=inputs, state=state, output=output, error=error)
         self.save()
 
-    def forget(self, unit: str) -> None:
-        if self.units.pop(str(unit), None) is not None:
-            self.save()
-
     def save(self) -> None:
         write_json(self.path, {"units": {k: asdict(v) for k, v in sorted(self.units.items())}})
 

@@ -35,30 +35,6 @@ def slide_meta(path: Path) -> SlideMeta:
     return SlideMeta(path, slide_id, barcode.case_id, barcode.sample_type, barcode.slide_type)
 
 
-def find_slides(inputs: list[Path]) -> list[Path]:
-    """Files as given, folders searched recursively for slide suffixes; sorted, duplicates removed."""
-    found: set[Path] = set()
-    for item in inputs:
-        item = Path(item)
-        if item.is_dir():
-            found.update(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in SLIDE_SUFFIXES
-                         and not p.name.startswith("."))
-        elif item.exists():
-            found.add(item)
-        else:
-            raise HistosynthError(f"{item}: no such file or folder")
-    slides = sorted(found)
-    if not slides:
-        raise HistosynthError(f"{', '.join(map(str, inputs))}: no slide files found "
-                              f"(looked for {' '.join(SLIDE_SUFFIXES)})")
-    stems: dict[str, Path] = {}
-    for p in slides:
-        if p.stem in stems:
-            raise HistosynthError(f"{p}: same slide id '{p.stem}' as {stems[p.stem]}; rename one of them")
-        stems[p.stem] = p
-    return slides
-
-
 def open_slide(path: Path):
     """OpenSlide for whole-slide images; a plain PNG/JPEG/TIFF (e.g. a strip TIFF) as an ImageSlide."""
     import openslide

@@ -353,11 +353,6 @@ def current_scale(meta: SlideMeta, assume_mpp: float | None) -> tuple[float, str
         slide.close()
 
 
-def is_finished(path: Path, cfg: SlidesConfig) -> bool:
-    """A complete .h5 made with the current grid settings (scale not checked)."""
-    return retile_reason(path, cfg, None) is None
-
-
 def select_slides(paths: list[Path], cfg: SlidesConfig,
                   shard: tuple[int, int] | None) -> tuple[list[SlideMeta], list[str]]:
     """Apply the TCGA sample/slide type filters and the shard; returns (kept, skipped-with-reason)."""
