@@ -19,10 +19,12 @@ SMOKE = ("slides.size=32", "vae.steps=6", "train.steps=4", "train.checkpoint_eve
 
 
 # ---- statistics --------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_holm_matches_the_step_down_definition():
     assert stats.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
 
 
+@pytest.mark.unit
 def test_wilcoxon_flags_a_shift_and_not_noise():
     rng = np.random.default_rng(0)
     a = rng.normal(size=40)
@@ -31,6 +33,7 @@ def test_wilcoxon_flags_a_shift_and_not_noise():
     assert stats.wilcoxon_paired(a, a)["p"] == 1.0  # identical cells: nothing to flag
 
 
+@pytest.mark.unit
 def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
     rng = np.random.default_rng(1)
     small, large = rng.normal(5, 1, 20), rng.normal(5, 1, 2000)
@@ -40,6 +43,7 @@ def test_bootstrap_interval_covers_the_mean_and_shrinks_with_n():
     assert hi2 - lo2 < (hi - lo) / 4
 
 
+@pytest.mark.unit
 def test_noise_floor_keeps_small_significant_differences_in():
     assert stats.outside_noise(0.001, 0.5, seed_noise=0.1)
     assert not stats.outside_noise(0.001, 0.05, seed_noise=0.1)
@@ -47,6 +51,7 @@ def test_noise_floor_keeps_small_significant_differences_in():
 
 
 # ---- grid parsing ------------------------------------------------------------------------------
+@pytest.mark.unit
 def test_grid_from_yaml_with_flags_on_top(tmp_path):
     path = tmp_path / "grid.yaml"
     path.write_text("budgets: [20, 35]\nfields: [summary, mine]\ntemplates: {mine: '{summary} (mine)'}\nseeds: [0, 1]\n")
@@ -64,6 +69,7 @@ def test_grid_from_yaml_with_flags_on_top(tmp_path):
     ("budgets: [20]\nseed: [1]\n", {}, "seed: Extra inputs"),
     ("", {"seeds": [1, 1]}, "each seed once"),
 ])
+@pytest.mark.unit
 def test_invalid_grid_is_one_line(tmp_path, text, flags, message):
     path = tmp_path / "grid.yaml"
     path.write_text(text)
@@ -157,6 +163,7 @@ def test_planted_checks(tmp_path, real_slide):
     (["--seeds", "x"], "--seeds x: expected a comma-separated list"),
     ([], "tiles/index.parquet: not found"),
 ])
+@pytest.mark.unit
 def test_ablate_command_fails_in_one_line_and_writes_nothing(tmp_path, args, message):
     import subprocess
     import sys

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from histosynth.experiments import conditioning
 
@@ -30,6 +31,7 @@ OVERRIDES = (
 )
 
 
+@pytest.mark.unit
 def test_stain_score_orders_pink_above_brown():
     pink = np.full((8, 8, 3), (230, 150, 200), np.uint8)      # eosin-like
     brown = np.full((8, 8, 3), (150, 100, 60), np.uint8)      # DAB-like

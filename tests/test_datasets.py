@@ -63,6 +63,7 @@ def env(monkeypatch, tmp_path):
     return tmp_path / "cache"
 
 
+@pytest.mark.unit
 def test_registry_covers_the_real_data():
     reg = datasets.registry()
     assert reg[CMU1].sha256.startswith("ed92d5a9f2e8") and reg[CMU1].url.startswith("https://openslide.cs.cmu.edu/")

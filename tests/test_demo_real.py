@@ -53,6 +53,7 @@ def test_real_demo_splits_the_slide_by_region(real_demo):
     assert edges["n_tiles"] == len(train_x)  # bins fitted on the region's training tiles only
 
 
+@pytest.mark.unit
 def test_real_demo_refuses_without_data(tmp_path, monkeypatch):
     monkeypatch.setattr("histosynth.experiments.demo.real_data", lambda: None)
     with pytest.raises(HistosynthError, match="no real H&E"):

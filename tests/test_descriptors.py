@@ -81,6 +81,7 @@ def synthetic_nuclei(n: int, radius_px: float, size: int = 384, seed: int = 0):
     return rgb, int(nuclei.sum())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("n,radius_um,mpp", [(30, 4.0, 0.5), (60, 3.0, 0.5), (25, 5.0, 0.25)])
 def test_synthetic_nuclei_count_and_area(n, radius_um, mpp):
     for seed in range(3):
@@ -93,6 +94,7 @@ def test_synthetic_nuclei_count_and_area(n, radius_um, mpp):
         assert abs(row["nuclear_area"] - true_area) <= 0.15 * true_area, (seed, row["nuclear_area"], true_area)
 
 
+@pytest.mark.unit
 def test_describe_shapes_units_and_determinism():
     rgb, _ = synthetic_nuclei(10, 8.0, size=128)
     a, b = describe(np.stack([rgb, rgb]), 0.5), describe(rgb, 0.5)
@@ -103,6 +105,7 @@ def test_describe_shapes_units_and_determinism():
         describe(rgb.astype(np.float32), 0.5)
 
 
+@pytest.mark.unit
 def test_fit_edges_and_bin_words():
     df = pd.DataFrame({"desc_nuclei_density": np.arange(9.0), "desc_nuclear_area": [np.nan] + [1.0] * 8})
     edges = fit_edges(df, ["nuclei_density"])
@@ -113,6 +116,7 @@ def test_fit_edges_and_bin_words():
     assert bin_words(df, {"nuclear_area": [0.5, 2.0]})[0]["nuclear_area"] == "low"   # NaN (a missing value): low
 
 
+@pytest.mark.unit
 def test_a_zero_inflated_descriptor_says_low_for_its_zeros():
     """Most tiles have no fat: the tercile edges tie at 0, and a tile without fat must not read "high fat"."""
     df = pd.DataFrame({"desc_fat_fraction": [0.0] * 8 + [0.3, 0.6]})
@@ -122,6 +126,7 @@ def test_a_zero_inflated_descriptor_says_low_for_its_zeros():
     assert words == ["low"] * 8 + ["high"] * 2
 
 
+@pytest.mark.unit
 def test_a_tile_without_nuclei_has_zero_density_and_area():
     glass = np.full((64, 64, 3), 235, dtype=np.uint8)
     row = describe(glass, 0.5).iloc[0]

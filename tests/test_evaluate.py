@@ -64,6 +64,7 @@ def test_features_match_pytorch_fid(random_inception):
     torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5 * theirs.abs().max().item())
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("n", [12, 500])  # singular (n < d) and full-rank covariances
 def test_frechet_distance_matches_pytorch_fid(n):
     from pytorch_fid.fid_score import calculate_frechet_distance
@@ -78,6 +79,7 @@ def test_frechet_distance_matches_pytorch_fid(n):
     assert frechet_distance(*gaussian_stats(a), *gaussian_stats(a)) == pytest.approx(0, abs=1e-6 * ref)
 
 
+@pytest.mark.unit
 def test_kid_and_precision_recall_separate_distributions():
     rng = np.random.default_rng(0)
     real = rng.normal(size=(200, 32))

@@ -56,3 +56,23 @@ def test_demo_rerun_skips_finished_stages(demo_out):
     assert time.perf_counter() - t0 < 30
     results = json.loads((out / "report" / "results.json").read_text())
     assert {s["status"] for s in results["stages"]} == {"resumed"}
+
+
+@pytest.mark.unit
+def test_stage_clock_runs_a_stage_once_per_fingerprint(tmp_path):
+    """What a demo rerun relies on, without the demo: a finished stage is skipped while the choices are
+    the same, and marked changed (not skipped) when they differ."""
+    from histosynth.experiments.demo import StageClock
+
+    calls = []
+    first = StageClock(tmp_path, ["tiny-cpu", "vae.steps=10"])
+    assert first("tile", lambda: calls.append("tile") or 7) == 7
+    (record,) = first.records
+    assert record["status"] == "ran" and record["wall_time_s"] >= 0 and record["cpu_time_s"] >= 0
+    again = StageClock(tmp_path, ["tiny-cpu", "vae.steps=10"])
+    assert again("tile", lambda: calls.append("again")) is None and calls == ["tile"]
+    assert again.records[0]["status"] == "resumed" and not again.changed("tile")
+    other = StageClock(tmp_path, ["tiny-cpu", "vae.steps=20"])
+    assert other.changed("tile") and not other.changed("never-ran")
+    other("tile", lambda: calls.append("other"))
+    assert calls == ["tile", "other"] and other.records[0]["status"] == "ran"

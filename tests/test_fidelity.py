@@ -45,6 +45,7 @@ def kather(relative: str = KATHER_224) -> tuple[list[Path], np.ndarray, list[str
     return paths, np.stack([load_rgb(p) for p in paths]), [p.parent.name for p in paths]
 
 
+@pytest.mark.unit
 def test_requested_bins_read_either_name():
     assert requested_bins({"bins": {"nuclei": "high"}, "fat": "low", "prompt": "x"}) == \
         {"nuclei_density": "high", "fat_fraction": "low"}
@@ -141,6 +142,7 @@ def test_evaluate_weight_free_end_to_end(descriptors, tmp_path):
     assert "C2ST" in md
 
 
+@pytest.mark.unit
 def test_sizes_must_match_unless_resize_names_the_rule(tmp_path):
     paths, images, _ = kather()
     real = tmp_path / "real"

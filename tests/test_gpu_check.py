@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -44,3 +46,23 @@ def test_gpu_check_refuses_missing_cuda(tmp_path):
                            "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "no CUDA device" in proc.stderr
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.unit
+def test_gpu_check_refuses_missing_cuda_in_process(tmp_path, monkeypatch):
+    """The same refusal without a subprocess: CUDA hidden, main() exits naming it and writes nothing."""
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.spec_from_file_location("gpu_check_under_test", ROOT / "benchmarks" / "gpu_check.py")
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "x.json"
+    with pytest.raises(SystemExit, match="no CUDA device"):
+        gpu_check.main(["--device", "cuda", "--out", str(out)])
+    assert not out.exists()
+    # the trainer's rule the JSON reports: fp16 autocast needs a GPU, so the CPU runs bf16
+    assert gpu_check.effective_precision("fp16", torch.device("cpu")) == "bf16"
+    assert gpu_check.effective_precision("fp16", torch.device("cuda")) == "fp16"

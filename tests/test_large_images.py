@@ -97,3 +97,36 @@ def test_sample_command_writes_large_images(trained_run, tmp_path):  # noqa: F81
     out = sample_run(trained_run, ["tumour"], n=1, steps=2, height=128, width=192, out_dir=tmp_path / "big")
     assert load_rgb(out / "00000.png").shape == (128, 192, 3)
     assert png_metadata(out / "00000.png")["width"] == "192"
+
+
+@pytest.mark.unit
+def test_windowed_prediction_covers_every_pixel_and_averages_overlaps():
+    """MultiDiffusion's averaging on a stand-in model (no trained run): a pointwise model is unchanged by
+    windowing, every window has the U-Net's size, the last window is flush with the edge, and with
+    stride == window the windows are independent tiles (nothing averaged)."""
+    import torch
+
+    from histosynth.schedules import window_starts, windowed
+
+    assert window_starts(24, 8, 4) == [0, 4, 8, 12, 16] and window_starts(20, 8, 8) == [0, 8, 12]
+    latents = torch.randn(2, 3, 16, 24, generator=torch.Generator().manual_seed(0))
+    shapes = []
+
+    def pointwise(x, t):
+        shapes.append(tuple(x.shape))
+        return 2 * x + t
+
+    out = windowed(pointwise, 8, 4)(latents, 1.0)
+    torch.testing.assert_close(out, 2 * latents + 1.0)
+    assert len(shapes) == 3 * 5 and set(shapes) == {(2, 3, 8, 8)}
+
+    def window_mean(x, t):  # depends on the whole window: overlapping windows must be averaged
+        return x.mean(dim=(-2, -1), keepdim=True).expand_as(x)
+
+    tiles = windowed(window_mean, 8, 8)(latents, 0)
+    first_tile = latents[..., :8, :8].mean(dim=(-2, -1), keepdim=True).expand(2, 3, 8, 8)
+    torch.testing.assert_close(tiles[..., :8, :8], first_tile)
+    mixed = windowed(window_mean, 8, 4)(latents, 0)
+    # pixel (4, 4) lies in the windows at rows 0, 4 and columns 0, 4: the mean of their four means
+    means = [latents[..., y:y + 8, x:x + 8].mean(dim=(-2, -1)) for y in (0, 4) for x in (0, 4)]
+    torch.testing.assert_close(mixed[..., 4, 4], sum(means) / 4)

@@ -104,6 +104,7 @@ def tile_ws(tiles_template, tmp_path):
     return Workspace(root)
 
 
+@pytest.mark.unit
 def test_load_vae_kl_and_vq_at_f4_and_f8(tmp_path):
     from histosynth.latents.vae import build_vae, decode, downsample_factor, encode, load_vae
 

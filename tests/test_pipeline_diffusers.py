@@ -119,3 +119,18 @@ def test_model_cpu_offload_gives_the_same_images(trained_run):
     images = offloaded(prompt=PROMPTS, seed=[1, 2, 3], output_type="np").images
     assert np.abs(images.astype(int) - on_gpu.astype(int)).max() <= 1
     assert offloaded.unet.device.type == "cpu"  # moved back after the call
+
+
+@pytest.mark.unit
+def test_decode_ramp_cross_fades_to_a_partition_of_unity():
+    """The tiled decoder's weights (no trained run): 1 in a tile's middle, symmetric, positive, and two
+    tiles overlapping by `overlap` px weigh every overlap pixel to exactly 1 between them."""
+    from histosynth.sample.pipeline import _ramp
+
+    torch.testing.assert_close(_ramp(16, 0), torch.ones(16))
+    for length, overlap in ((16, 8), (32, 8), (64, 32), (12, 5)):
+        ramp = _ramp(length, overlap)
+        assert ramp.shape == (length,) and bool((ramp > 0).all()) and bool((ramp <= 1).all())
+        torch.testing.assert_close(ramp, ramp.flip(0))
+        assert bool((ramp[overlap:length - overlap] == 1).all())
+        torch.testing.assert_close(ramp[length - overlap:] + ramp[:overlap], torch.ones(overlap))

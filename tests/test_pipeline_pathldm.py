@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from histosynth.imageio import load_rgb
 from histosynth.sample.generate import sample_run
@@ -21,3 +22,27 @@ def test_diffusers_loads_a_converted_pathldm_run(converted, tmp_path):  # noqa: 
     images = pipe(prompt=PROMPTS, seed=[5, 6], num_inference_steps=3, output_type="np").images
     for i, image in enumerate(images):
         np.testing.assert_array_equal(image, load_rgb(out / f"{i:05d}.png"))
+
+
+@pytest.mark.unit
+def test_converted_config_is_the_condition_and_tile_the_pipeline_needs(tmp_path):
+    """Without converting models: PathLDM's YAML gives the run config the pipeline reads back
+    (154-token chunked context attending to padding, PathLDM's template, a VQ VAE) and a U-Net
+    sample size x VQ factor equal to the tile size."""
+    import copy
+
+    from histosynth.convert.pathldm import context_length, histosynth_config, unet_config, vq_config
+    from test_convert_pathldm import TINY_YAML
+
+    params = copy.deepcopy(TINY_YAML["model"]["params"])
+    for max_length, expected in ((77, 77), (100, 154), (154, 154), (155, 231)):
+        params["cond_stage_config"]["params"]["max_length"] = max_length
+        assert context_length(params) == expected
+    params["cond_stage_config"]["params"].pop("max_length")
+    assert context_length(params) == 77
+    params = copy.deepcopy(TINY_YAML["model"]["params"])
+    cfg = histosynth_config(params, "vinid/plip", tmp_path / "vae")
+    assert cfg.text.context_length == 154 and cfg.text.attend_padding and cfg.text.long_context == "chunked"
+    assert cfg.text.template == "{tumor} tumor; {til} til; {summary}" and cfg.vae.kind == "vq"
+    factor = 2 ** (len(vq_config(params, 1.0)["block_out_channels"]) - 1)
+    assert unet_config(params)["sample_size"] * factor == cfg.slides.size == 64

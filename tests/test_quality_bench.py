@@ -31,6 +31,7 @@ def _classes(ci, ctrl_ci):
             "train_on_real_test_on_real": score, "confusion_requested_x_predicted": [[0] * 8] * 8}
 
 
+@pytest.mark.unit
 def test_targets_follow_the_issue_rules():
     nuclei = descriptor_condition("nuclei")
     c2st = {"generated": {"auroc": 0.9, "ci95": [0.85, 0.95]}, "real_reference": {"auroc": 0.55, "ci95": [0.45, 0.65]}}

@@ -56,6 +56,7 @@ def test_server_down_fails_names_cases_and_hides_the_key(ws):
     (["--concurrency", "0"], "--concurrency 0: Input should be greater than or equal to 1"),
     (["--backend", "gpt"], "--backend gpt: Input should be 'extractive' or 'openai'"),
 ])
+@pytest.mark.unit
 def test_bad_options_one_line_exit_2_nothing_written(tmp_path, args, expected):
     ws = tmp_path / "new-ws"
     done = run("summarize", "-w", str(ws), *args)

@@ -40,6 +40,7 @@ def test_labelled_reports_every_budget(tok, real_reports, real_labels):
                     assert tok.count(render(shortest + [f.forms[-1]])) > budget, (case, budget, f.kind)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("budget", BUDGETS)
 def test_stated_share_and_qualifiers(tok, budget):
     nst_micro = ("Invasive carcinoma of no special type with 70 % micropapillary features. Nottingham grade 3. "
@@ -53,6 +54,7 @@ def test_stated_share_and_qualifiers(tok, budget):
     assert s.startswith(("Invasive ductal carcinoma", "Ductal carcinoma"))
 
 
+@pytest.mark.unit
 def test_tight_budget_keeps_a_finding(tok):
     for text in ("Papillary thyroid carcinoma, tall cell variant.", "Clear cell renal cell carcinoma, Fuhrman grade 2."):
         s = summarize_report(text, 5, tok)

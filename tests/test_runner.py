@@ -46,6 +46,7 @@ def test_rerun_skips_everything_and_a_changed_vae_redoes_only_its_dependants(fir
     assert after["embed"] == before["embed"] and after["train"] != before["train"]
 
 
+@pytest.mark.unit
 def test_unknown_stage_is_one_line(tmp_path):
     ws = Workspace(tmp_path / "ws")
     with pytest.raises(HistosynthError, match="unknown stage"):

@@ -29,6 +29,7 @@ LAUNCH = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", 
           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "histosynth.cli"]
 
 
+@pytest.mark.unit
 def test_helpers_are_the_identity_in_one_process():
     assert distributed.world() == (0, 1) and distributed.is_main()
     assert distributed.my_share(["a", "b", "c"]) == [(0, "a"), (1, "b"), (2, "c")]

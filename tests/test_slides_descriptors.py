@@ -87,6 +87,7 @@ def test_describe_command_fills_an_old_workspace(real_ws, tmp_path):
     assert (new["level_fat"] == ref["level_fat"]).all()
 
 
+@pytest.mark.unit
 def test_label_and_caption_fields_fill_the_template():
     import pandas as pd
 

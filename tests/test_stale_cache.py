@@ -140,3 +140,25 @@ def _quiet_reset():
 
     yield
     set_quiet(False)  # `-q` through the CLI runner sets the process-wide flag
+
+
+@pytest.mark.unit
+def test_tile_keys_survive_renumbering_and_change_with_the_pixels():
+    """The join key of tiles, latents and embeddings, on a small index: adding a slide that sorts first
+    renumbers tile ids but leaves every old tile's key, and a re-tile at another size or scale changes it."""
+    import pandas as pd
+
+    from histosynth.slides.keys import index_keys, keys_hash, tile_key
+
+    old = pd.DataFrame({"tile_id": [0, 1, 2], "slide_id": ["S-B", "S-B", "S-C"], "x": [0, 64, 0],
+                        "y": [0, 0, 128], "size": [64, 64, 64], "mpp": [0.5, 0.5, 0.5]})
+    added = pd.concat([pd.DataFrame({"tile_id": [0], "slide_id": ["S-A"], "x": [0], "y": [0], "size": [64],
+                                     "mpp": [0.5]}), old.assign(tile_id=old.tile_id + 1)], ignore_index=True)
+    old_keys, new_keys = dict(zip(old.tile_id, index_keys(old))), dict(zip(added.tile_id, index_keys(added)))
+    assert old_keys[0] == "S-B:0:0:64:0.5" and new_keys[0] == "S-A:0:0:64:0.5"
+    assert all(new_keys[i + 1] == old_keys[i] for i in old_keys)  # same pixels, same key, new id
+    assert old_keys[0] != new_keys[0]  # tile id 0 is now another tile: an id-keyed cache would mismatch
+    assert tile_key("S-B", 0, 0, 96, 0.5) != old_keys[0] != tile_key("S-B", 0, 0, 64, 1.0)
+    assert keys_hash(index_keys(old)) == keys_hash(index_keys(old)[::-1]) != keys_hash(index_keys(added))
+    # an index that stores its keys is read as stored
+    assert index_keys(old.assign(tile_key=["k0", "k1", "k2"])) == ["k0", "k1", "k2"]

@@ -78,3 +78,10 @@ def test_minilm_equals_transformers(texts):
     assert (ours.bos_id, ours.eos_id, ours.pad_id) == (theirs.cls_token_id, theirs.sep_token_id, theirs.pad_token_id)
     assert ours.decode(ours.encode("Invasive ductal carcinoma.")) == theirs.decode(
         theirs("Invasive ductal carcinoma.", add_special_tokens=False)["input_ids"], skip_special_tokens=True)
+
+
+@pytest.mark.unit
+def test_help_imports_no_model_library():
+    """One probe of the check above: `histosynth --help` exits 0 without torch and its kin."""
+    heavy, code = probe("--help")
+    assert code in ("0", "None") and heavy == ""

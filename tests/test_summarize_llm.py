@@ -85,6 +85,7 @@ def test_always_failing_server_falls_back_uncached(tok):
     assert row["status"] == "error" and row["n_tokens"] <= 35 and "ductal" in row["summary"].lower()
 
 
+@pytest.mark.unit
 def test_paper_prompt_two_turns_capped(tok):
     with ScriptedServer({"paper": [("text", "- ductal carcinoma\n- grade 2"), ("text", GOOD)]}) as server:
         row = summarizer(server, tok, prompt="paper").summarize("paper", REPORT.format("paper"))

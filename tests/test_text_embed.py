@@ -184,12 +184,14 @@ def test_missing_summary_lists_cases_or_uses_empty_text(tmp_path, tiny_clip):
     assert "high tumor; high til;" in set(texts["text"])
 
 
+@pytest.mark.unit
 def test_template_score_absent_from_index_is_an_error(tmp_path, tiny_clip):
     ws = write_workspace(tmp_path / "ws", scores=False)
     with pytest.raises(HistosynthError, match="prob_tumor, prob_til"):
         embed_workspace(ws, pathldm_config(), 35, encoder=tiny_clip)
 
 
+@pytest.mark.unit
 def test_condition_text_that_does_not_fit_is_an_error(tmp_path, tiny_clip):
     ws = write_workspace(tmp_path / "ws")
     with pytest.raises(HistosynthError, match="do not fit context_length 20"):

@@ -144,6 +144,7 @@ def test_second_tile_run_exits_naming_the_holder(strip_tiff, tmp_path):
     assert not ws.slides_dir.exists() or not list(ws.slides_dir.glob("*.h5"))
 
 
+@pytest.mark.unit
 def test_invalid_assume_mpp_is_one_line_exit_2(tmp_path, strip_tiff):
     out = cli("tile", str(strip_tiff[0]), "-w", str(tmp_path / "ws"), "--assume-mpp", "-1")
     assert out.returncode == 2 and "--assume-mpp" in out.stderr and len(out.stderr.strip().splitlines()) == 1

@@ -133,6 +133,7 @@ def test_ink_of_every_colour_is_found_on_glass_and_tissue(cmu1, colour):
     assert min(recalls.values()) >= 0.9, recalls
 
 
+@pytest.mark.unit
 def test_lymphocyte_sheets_are_never_blue_or_black_ink():
     from PIL import Image
 

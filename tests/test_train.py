@@ -205,6 +205,7 @@ def test_pathldm_unet_one_step_at_batch_1():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.unit
 def test_init_from_loads_a_runs_unet_strictly(tmp_path):
     """Fine-tuning (e.g. a converted PathLDM run) starts from the run's U-Net, EMA weights first."""
     import pytest
