@@ -215,7 +215,9 @@ def sampling(sizes: dict, text_dir: Path, device) -> list[dict]:
 
     from histosynth import schedules
     from histosynth.latents.vae import build_vae
-    from histosynth.sample.pipeline import HistoSynthPipeline, TextSettings
+    from histosynth.runfolder import Condition
+    from histosynth.sample.components import HistoSynthTextEncoder
+    from histosynth.sample.pipeline import HistoSynthPipeline
     from histosynth.text.encoders import load_encoder
     from histosynth.train.unet import build_unet
 
@@ -229,13 +231,13 @@ def sampling(sizes: dict, text_dir: Path, device) -> list[dict]:
     torch.manual_seed(0)
     unet = build_unet(cfg, cross_attention_dim=encoder.width, latent_channels=channels, sample_size=size)
     vae = build_vae(cfg.vae, sample_size=tile).eval().requires_grad_(False)
-    settings = TextSettings(encoder=str(text_dir), context_length=length, long_context=cfg.text.long_context,
-                            attend_padding=cfg.text.attend_padding, template=cfg.text.template,
-                            levels=tuple(cfg.text.levels), budget=35)
+    condition = Condition(encoder=str(text_dir), context_length=length, long_context=cfg.text.long_context,
+                          attend_padding=cfg.text.attend_padding, template=cfg.text.template,
+                          levels=tuple(cfg.text.levels), budget=35, width=encoder.width)
     base = schedules.training_scheduler(cfg.diffusion).config
     pipe = HistoSynthPipeline(unet=unet.to(dtype=dtype), vae=vae.to(dtype=dtype),
-                              scheduler=schedules.sampling_scheduler(base, "ddim"), text_encoder=encoder,
-                              text_settings=settings, defaults=cfg.sample).to(device)
+                              scheduler=schedules.sampling_scheduler(base, "ddim"),
+                              text_encoder=HistoSynthTextEncoder(encoder, condition, cfg)).to(device)
     prompts = condition_texts(encoder, cfg, length, n)
     rows = []
     for sampler, steps in SAMPLERS:
