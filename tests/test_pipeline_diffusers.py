@@ -81,8 +81,11 @@ def _identity_check(trained_run, tmp_path):
     assert images.shape == (3, 64, 64, 3) and images.std() > 10  # not a flat picture
     latents = pipe(prompt=PROMPTS[0], seed=7, output_type="latent").images
     assert latents.shape == (1, 4, 16, 16)
-    pil = pipe(prompt=PROMPTS[0], seed=7).images
-    np.testing.assert_array_equal(np.asarray(pil[0]), images[0])
+    # PIL output is the same pixels as numpy output. Same batch: CPU kernels may round a batch of 1
+    # differently from a batch of 3 (one value off by 1/255 in CI), which is not what this checks.
+    pil = pipe(prompt=PROMPTS, seed=[7, 8, 9]).images
+    for image, array in zip(pil, images):
+        np.testing.assert_array_equal(np.asarray(image), array)
 
 
 def test_save_pretrained_round_trip_with_model_card(trained_run, tmp_path):

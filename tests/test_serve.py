@@ -14,10 +14,12 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
+import pandas as pd
 import pytest
 
 from histosynth.console import HistosynthError
 from histosynth.imageio import png_metadata
+from histosynth.workspace import Workspace
 
 pytest.importorskip("gradio", reason="the [app] extra is not installed (pip install -e .[app])")
 
@@ -198,7 +200,7 @@ def requested_hosts(driver) -> set[str]:
     return hosts
 
 
-def shoot_other_tabs(driver, wait) -> None:
+def shoot_other_tabs(driver, wait, ws: Path) -> None:
     """Browse: pick the first real tile, its report and summary appear; Run: metrics and loss curve."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -206,9 +208,12 @@ def shoot_other_tabs(driver, wait) -> None:
     driver.set_window_size(1400, 1100)
     driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Browse')]").click()
     first = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, "#hs-tiles .thumbnail-item")))
+    tile_id, case_id, _ = first.text.split(" · ")  # the thumbnail's caption: tile id, case, split
     first.click()
-    wait.until(EC.text_to_be_present_in_element((By.ID, "hs-tile-info"), "case TCGA-HS-"))
-    assert "ILLUSTRATIVE SAMPLE REPORT" in driver.find_element(By.CSS_SELECTOR, "#hs-report textarea").get_attribute("value")
+    # The picked tile's own case, and that case's report as the workspace's reports table holds it.
+    wait.until(EC.text_to_be_present_in_element((By.ID, "hs-tile-info"), f"Tile {tile_id} · case {case_id}"))
+    reports = pd.read_parquet(Workspace(ws).reports_path).set_index("case_id")["text"]
+    assert driver.find_element(By.CSS_SELECTOR, "#hs-report textarea").get_attribute("value") == reports[case_id]
     driver.save_screenshot(str(SCREENSHOT.with_name("serve-browse.png")))
     driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Run')]").click()
     wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), "eval/eval.json"))
@@ -263,7 +268,7 @@ def test_generate_in_a_real_browser(server, tmp_path):
         time.sleep(1)
         SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
         driver.save_screenshot(str(SCREENSHOT))
-        shoot_other_tabs(driver, wait)
+        shoot_other_tabs(driver, wait, ws)
 
         hosts = requested_hosts(driver)
         assert hosts and hosts <= LOCAL_HOSTS, f"the page requested {hosts - LOCAL_HOSTS}"

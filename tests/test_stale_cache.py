@@ -90,7 +90,11 @@ def test_added_slide_with_stale_latents_pairs_every_tile_with_its_own_pixels_and
     with torch.no_grad():
         fresh = torch.cat([encode(vae, to_unit_range(TileStore(ws).get(data.train_ids[i:i + 16])))
                            for i in range(0, len(data.train_ids), 16)])
-    assert torch.allclose(data.latents, fresh * data.store.scaling_factor, atol=1e-5)
+    fresh = fresh * data.store.scaling_factor
+    # Encoded in other batch sizes, so CPU rounding may differ in the last digits (seen at 2 threads);
+    # a tile paired with another tile's latents is off by far more (checked by shifting one place).
+    assert (data.latents - fresh).abs().max() < 1e-3
+    assert (data.latents - fresh.roll(1, dims=0)).abs().amax(dim=(1, 2, 3)).median() > 0.1
     # ... and its caption is its own case's summary
     import pandas as pd
 
