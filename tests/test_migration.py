@@ -48,3 +48,35 @@ def test_a_folder_that_is_not_a_run_fails_in_one_line(tmp_path):
 
     with pytest.raises(HistosynthError, match="is .* a run folder made by `histosynth train`"):
         RunFolder(tmp_path).read_config()
+
+
+# ---- resumable work: older markers read once, then recorded in the stage's status record ---------
+
+def tile_one(sample_dir, ws, *overrides):
+    from histosynth.sample_data import SLIDES, slide_filename
+    from histosynth.slides.tiler import tile_slides
+
+    path = sample_dir / "slides" / slide_filename(SLIDES[0].case_id)
+    return path.stem, tile_slides(ws, ws.ensure_config(preset="tiny-cpu", overrides=list(overrides)), [path])
+
+
+def test_tiles_without_a_status_record_are_kept_and_recorded(sample_dir, tmp_path, capsys):
+    from histosynth.status import WorkLog
+
+    ws = Workspace(tmp_path / "ws")
+    unit, _ = tile_one(sample_dir, ws)
+    status_path = ws.status_path(ws.tiles_dir)
+    record = WorkLog(status_path).get(unit)
+    assert record.state == "done" and record.output["settings"]["size"] == ws.config().slides.size
+    status_path.unlink()                                   # as 0.1 left it: the HDF5 alone says what it is
+    before = ws.slide_path(unit).stat().st_mtime_ns
+    _, summary = tile_one(sample_dir, ws)
+    assert summary["skipped_finished"] == 1 and ws.slide_path(unit).stat().st_mtime_ns == before
+    assert WorkLog(status_path).get(unit).inputs == record.inputs   # read from the attributes once, recorded
+
+    log = WorkLog(status_path)                             # the record decides: one claiming other settings
+    log.mark(unit, "other", "done", output={**record.output, "settings": {**record.output["settings"], "size": 999}})
+    capsys.readouterr()
+    _, summary = tile_one(sample_dir, ws)
+    assert summary["tiled"] == 1 and "tiles were 999 px" in capsys.readouterr().err
+    assert WorkLog(status_path).done(unit, record.inputs)

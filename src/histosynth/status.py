@@ -4,7 +4,9 @@ Every long stage splits its work into units with stable ids and records, per uni
 its inputs (a hash of whatever would change the output), its state and its output. A rerun skips
 exactly the units whose record says `done` with the same inputs; a unit whose inputs changed is
 redone, and the stage says so. The record is one JSON file, rewritten atomically on every change,
-so a kill -9 loses at most the unit in flight.
+so a kill -9 loses at most the unit in flight. Several processes may record disjoint units in one
+file (the shards of `tile --shard`, the ranks of a launch): a save merges its own units into what is
+on disk under an OS lock on the folder, so no writer drops another's units.
 
     log = WorkLog(ws.tiles_dir / "status.json")
     for slide in slides:
@@ -17,8 +19,11 @@ so a kill -9 loses at most the unit in flight.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +58,7 @@ class WorkLog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.units: dict[str, UnitStatus] = self._read()
+        self._changed: set[str] = set()   # units this process recorded since its last save
 
     def _read(self) -> dict[str, UnitStatus]:
         if not self.path.exists():
@@ -76,14 +82,45 @@ class WorkLog:
         status = self.get(unit)
         return status is not None and status.state == "done" and status.inputs != inputs
 
-    def mark(self, unit: str, inputs: str, state: State, output: Any = None, error: str | None = None) -> None:
+    def mark(self, unit: str, inputs: str, state: State, output: Any = None, error: str | None = None,
+             save: bool = True) -> None:
+        """Record `unit`; `save=False` defers the write to the next `save()` (many units, one write)."""
         if state not in STATES:
             raise ValueError(f"state must be one of {STATES}, not {state!r}")
         self.units[str(unit)] = UnitStatus(inputs=inputs, state=state, output=output, error=error)
-        self.save()
+        self._changed.add(str(unit))
+        if save:
+            self.save()
+
+    def forget(self, unit: str) -> None:
+        """Drop `unit`'s record (its output was removed)."""
+        if self.units.pop(str(unit), None) is not None:
+            self._changed.add(str(unit))
+            self.save()
 
     def save(self) -> None:
-        write_json(self.path, {"units": {k: asdict(v) for k, v in sorted(self.units.items())}})
+        """Write this process's units over the record on disk (others' units kept), atomically."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with _folder_lock(self.path.parent):
+            units = self._read()
+            for unit in self._changed:
+                if unit in self.units:
+                    units[unit] = self.units[unit]
+                else:
+                    units.pop(unit, None)
+            write_json(self.path, {"units": {k: asdict(v) for k, v in sorted(units.items())}})
+        self.units, self._changed = units, set()
 
     def by_state(self, state: State) -> list[str]:
         return [k for k, v in self.units.items() if v.state == state]
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive flock on the folder itself (Linux allows it on a directory): no lock file to leave."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)   # closing releases the lock

@@ -9,8 +9,11 @@ while the main thread writes; gzip chunks are compressed in those threads too (z
 GIL, h5py does not), and written with `write_direct_chunk`.
 
 Across slides: a process pool; `shard=(k, n)` keeps every n-th slide from the k-th (cluster arrays).
-A finished slide is its `.h5`, renamed into place only when complete, so reruns skip it and a killed
-run leaves only `.tmp-*` files, which the next run of that slide deletes.
+A finished slide is its `.h5`, renamed into place only when complete, and a `done` unit in the
+tiles' status record (histosynth.status, `tiles/status.json`) holding the settings it was tiled
+with, so reruns skip it; a killed run leaves only `.tmp-*` files, which the next run of that slide
+deletes. A slide tiled by an older histosynth (no status unit) is judged once from its HDF5
+attributes and then recorded.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ..config import HistoSynthConfig, SlidesConfig
 from ..console import HistosynthError, error, info, make_progress, warn
 from ..fileio import atomic_path
 from ..manifest import recording
+from ..status import WorkLog, inputs_hash
 from ..workspace import Workspace
 from .reader import SlideMeta, best_level, level0_mpp, open_slide, slide_meta
 from .tissue import TISSUE_RULE, tile_fractions, tile_tissue_mask, tissue_mask
@@ -305,37 +309,97 @@ def _single_threaded_worker() -> None:
 
 # ---- many slides ---------------------------------------------------------------------------------
 
-def retile_reason(path: Path, cfg: SlidesConfig, level0: tuple[float, str] | None,
-                  fingerprint: str | None = None) -> str | None:
-    """Why the slide at `path` (its .h5) must be tiled now, or None when it is finished with the
-    current settings: same target mpp, tile size, overlap, tissue threshold and rule, same level-0
-    scale (`level0`: (mpp, source) as found now; None when it cannot be known now, as for a slide
-    tiled with a guessed scale and no --assume-mpp this time), same dataset listing."""
+def tile_settings(cfg: SlidesConfig, level0: tuple[float, str] | None, fingerprint: str | None = None) -> dict:
+    """What a slide's tiles are made from: the unit inputs of its status record. `level0` is the
+    level-0 (mpp, source) as found now (None when it cannot be known now, as for a slide tiled with
+    a guessed scale and no --assume-mpp this time); `fingerprint`, a tile dataset's image listing."""
+    return {"mpp": cfg.mpp, "size": cfg.size, "overlap": cfg.overlap,
+            "min_tissue": None if fingerprint is not None else cfg.min_tissue,  # datasets keep every tile
+            "tissue_rule": TISSUE_RULE, "level0_mpp": level0[0] if level0 else None,
+            "mpp_source": level0[1] if level0 else None, "fingerprint": fingerprint}
+
+
+def settings_from_attrs(path: Path) -> dict | None:
+    """The settings an older workspace's slide was tiled with, read from its HDF5 (None: unreadable)."""
     import h5py
 
-    if not path.exists():
-        return "new"
     try:
         with h5py.File(path, "r") as f:
             attrs = dict(f["coords"].attrs)
     except (OSError, KeyError):
-        return "unreadable tile file"
+        return None
+    dataset = attrs.get("kind") == "tile-dataset"
+    return {"mpp": float(attrs["mpp"]), "size": int(attrs["patch_size"]), "overlap": int(attrs["overlap"]),
+            "min_tissue": None if dataset else float(attrs["min_tissue"]),
+            "tissue_rule": int(attrs.get("tissue_rule", 1)), "level0_mpp": float(attrs["level0_mpp"]),
+            "mpp_source": str(attrs.get("mpp_source", "?")),
+            "fingerprint": str(attrs["fingerprint"]) if "fingerprint" in attrs else None}
+
+
+def effective_settings(current: dict, recorded: dict | None) -> dict:
+    """`current` with what cannot be known now (the scale of a slide that has none) taken as recorded."""
+    if current["level0_mpp"] is None and recorded is not None:
+        return {**current, "level0_mpp": recorded["level0_mpp"], "mpp_source": recorded["mpp_source"]}
+    return current
+
+
+def retile_reason(recorded: dict, current: dict) -> str | None:
+    """Why a slide tiled with `recorded` settings must be tiled again with `current` ones, or None:
+    same target mpp, tile size, overlap, tissue threshold and rule, same level-0 scale (when known
+    now), same dataset listing."""
     changes = []
-    if not np.isclose(attrs["mpp"], cfg.mpp) or int(attrs["patch_size"]) != cfg.size:
-        changes.append(f"tiles were {int(attrs['patch_size'])} px at {float(attrs['mpp']):g} um/px, "
-                       f"now {cfg.size} px at {cfg.mpp:g}")
-    if int(attrs["overlap"]) != cfg.overlap:
-        changes.append(f"overlap {int(attrs['overlap'])} -> {cfg.overlap}")
-    if attrs.get("kind") != "tile-dataset" and not np.isclose(attrs["min_tissue"], cfg.min_tissue):
-        changes.append(f"min tissue {float(attrs['min_tissue']):g} -> {cfg.min_tissue:g}")
-    if int(attrs.get("tissue_rule", 1)) != TISSUE_RULE:
+    if not np.isclose(recorded["mpp"], current["mpp"]) or recorded["size"] != current["size"]:
+        changes.append(f"tiles were {recorded['size']} px at {recorded['mpp']:g} um/px, "
+                       f"now {current['size']} px at {current['mpp']:g}")
+    if recorded["overlap"] != current["overlap"]:
+        changes.append(f"overlap {recorded['overlap']} -> {current['overlap']}")
+    if None not in (recorded["min_tissue"], current["min_tissue"]) and \
+            not np.isclose(recorded["min_tissue"], current["min_tissue"]):
+        changes.append(f"min tissue {recorded['min_tissue']:g} -> {current['min_tissue']:g}")
+    if recorded["tissue_rule"] != current["tissue_rule"]:
         changes.append("tiled with an older tissue rule")
-    if level0 is not None and not np.isclose(float(attrs["level0_mpp"]), level0[0]):
-        changes.append(f"scale {float(attrs['level0_mpp']):g} um/px ({attrs.get('mpp_source', '?')}) -> "
-                       f"{level0[0]:g} ({level0[1]})")
-    if fingerprint is not None and attrs.get("fingerprint") != fingerprint:
+    if current["level0_mpp"] is not None and not np.isclose(recorded["level0_mpp"], current["level0_mpp"]):
+        changes.append(f"scale {recorded['level0_mpp']:g} um/px ({recorded['mpp_source']}) -> "
+                       f"{current['level0_mpp']:g} ({current['mpp_source']})")
+    if current["fingerprint"] is not None and recorded["fingerprint"] != current["fingerprint"]:
         changes.append("its images changed")
     return "; ".join(changes) or None
+
+
+def tile_decision(log: WorkLog, ws: Workspace, unit: str, current: dict) -> str | None:
+    """None when `unit` is tiled with `current` settings (recorded so), else why it must be tiled now:
+    "new", or the change since it was tiled. The status record decides; a slide file without a
+    record (tiled by an older histosynth, or killed between rename and record) is judged once from
+    its HDF5 attributes and then recorded."""
+    path = ws.slide_path(unit)
+    if not path.exists():
+        return "new"
+    status = log.get(unit)
+    recorded = status.output.get("settings") if status and status.state == "done" and status.output else None
+    if recorded is not None and log.done(unit, inputs_hash(**effective_settings(current, recorded))):
+        return None
+    recorded = recorded or settings_from_attrs(path)
+    if recorded is None:
+        return "unreadable tile file"
+    reason = retile_reason(recorded, current)
+    if reason is None:  # the same settings (an older workspace's slide): record it, so the log decides next time
+        mark_tiled(log, ws, unit, effective_settings(current, recorded), tiles=None)
+    return reason
+
+
+def mark_tiled(log: WorkLog, ws: Workspace, unit: str, settings: dict, tiles: int | None) -> None:
+    log.mark(unit, inputs_hash(**settings), "done",
+             output={"file": str(ws.slide_path(unit).relative_to(ws.root)), "tiles": tiles, "settings": settings})
+
+
+def record_result(log: WorkLog, ws: Workspace, result: dict, current: dict) -> None:
+    """Record one slide's outcome as soon as it is known (a kill -9 loses at most the slide in flight)."""
+    unit = result["slide_id"]
+    if "error" in result:
+        log.mark(unit, inputs_hash(**current), "failed", error=result["error"])
+        return
+    settings = {**current, "level0_mpp": result["level0_mpp"], "mpp_source": result["mpp_source"]}
+    mark_tiled(log, ws, unit, settings, tiles=result["tiles"])
 
 
 def current_scale(meta: SlideMeta, assume_mpp: float | None) -> tuple[float, str] | None:
@@ -436,24 +500,25 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
             datasets = datasets[shard[0]::shard[1]]
         for meta in metas:
             manifest.add_input(meta.path, name=meta.slide_id)  # sha256, or size + ends for big slides
+        log = WorkLog(ws.status_path(ws.tiles_dir))
+        settings: dict[str, dict] = {}   # slide id -> the settings this run tiles it with
         todo, datasets_todo = [], []
-        for meta in metas:
-            reason = retile_reason(ws.slide_path(meta.slide_id), scfg, current_scale(meta, assume_mpp))
+        inputs = [(m, m.slide_id, current_scale(m, assume_mpp), None) for m in metas] + \
+                 [(d, d.dataset_id, (assume_mpp, "assumed") if assume_mpp else None, d.fingerprint()) for d in datasets]
+        for item, unit, level0, fingerprint in inputs:
+            settings[unit] = tile_settings(scfg, level0, fingerprint)
+            reason = tile_decision(log, ws, unit, settings[unit])
             if reason is not None:
-                todo.append(meta)
+                (todo if fingerprint is None else datasets_todo).append(item)
                 if reason != "new":
-                    info(f"{meta.slide_id}: tiled before with other settings ({reason}): tiling again")
-        for spec in datasets:
-            level0 = (assume_mpp, "assumed") if assume_mpp else None
-            reason = retile_reason(ws.slide_path(spec.dataset_id), scfg, level0, spec.fingerprint())
-            if reason is not None:
-                datasets_todo.append(spec)
-                if reason != "new":
-                    info(f"{spec.dataset_id}: tiled before with other settings ({reason}): tiling again")
+                    info(f"{unit}: tiled before with other settings ({reason}): tiling again")
         n_inputs, n_todo = len(metas) + len(datasets), len(todo) + len(datasets_todo)
         info(f"{n_inputs} slides/datasets: {n_inputs - n_todo} already tiled, {n_todo} to tile"
              + (f", {len(filtered)} filtered out by sample/slide type" if filtered else ""))
-        results = run_slides(todo, ws, scfg) + run_datasets(datasets_todo, ws, scfg)
+        def on_result(result: dict) -> None:
+            record_result(log, ws, result, settings[result["slide_id"]])
+
+        results = run_slides(todo, ws, scfg, on_result) + run_datasets(datasets_todo, ws, scfg, on_result)
         failed = {r["slide_id"]: r["error"] for r in results if "error" in r}
         tiled = [r for r in results if "error" not in r]
         scored = join_scores(ws, [m for m in metas if m.slide_id not in failed], scores_dir) if scores_dir else 0
@@ -470,7 +535,7 @@ def tile_slides(ws: Workspace, cfg: HistoSynthConfig, slides: list[Path], scores
     return summary
 
 
-def run_datasets(todo: list, ws: Workspace, cfg: SlidesConfig) -> list[dict]:
+def run_datasets(todo: list, ws: Workspace, cfg: SlidesConfig, on_result=None) -> list[dict]:
     """Tile datasets, one after the other in this process (each failure: one line, the others go on)."""
     from .images import tile_dataset
 
@@ -485,11 +550,14 @@ def run_datasets(todo: list, ws: Workspace, cfg: SlidesConfig) -> list[dict]:
             info(f"{spec.dataset_id}: {result['tiles']} tiles from {result['images']} images, "
                  f"mean tissue {result['tissue_mean']:.2f}")
         results.append(result)
+        if on_result is not None:
+            on_result(result)
     return results
 
 
-def run_slides(todo: list[SlideMeta], ws: Workspace, cfg: SlidesConfig) -> list[dict]:
-    """Tile slides in a process pool (or in this process for one worker), with a progress bar."""
+def run_slides(todo: list[SlideMeta], ws: Workspace, cfg: SlidesConfig, on_result=None) -> list[dict]:
+    """Tile slides in a process pool (or in this process for one worker), with a progress bar;
+    `on_result(result)` runs in this process as each slide finishes (the status record)."""
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     results: list[dict] = []
@@ -505,6 +573,8 @@ def run_slides(todo: list[SlideMeta], ws: Workspace, cfg: SlidesConfig) -> list[
             else:
                 info(f"{result['slide_id']}: {result['tiles']} tiles "
                                        f"(of {result['candidates']}), mean tissue {result['tissue_mean']:.2f}")
+            if on_result is not None:
+                on_result(result)
             progress.advance(task)
 
         workers = min(cfg.workers, len(todo))
