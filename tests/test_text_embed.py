@@ -16,6 +16,7 @@ from histosynth.text.condition import condition_text
 from histosynth.text.embed import embed_workspace
 from histosynth.text.encoders import load_encoder
 from histosynth.text.store import EmbeddingSet
+from histosynth.status import WorkLog
 from histosynth.text.testing import save_random_clip
 from histosynth.workspace import Workspace
 
@@ -149,8 +150,7 @@ def test_unfinished_run_is_refused_then_resumed(tmp_path, tiny_clip):
     cfg = pathldm_config()
     out = embed_workspace(ws, cfg, 35, encoder=tiny_clip)
     (out / "shard-1.safetensors").unlink()
-    info = (out / "info.json").read_text().replace('"complete": true', '"complete": false')
-    (out / "info.json").write_text(info)
+    WorkLog(out / "status.json").mark("embeddings", "killed", "running")   # as a kill mid-run leaves it
     with pytest.raises(HistosynthError, match="unfinished"):
         EmbeddingSet(out)
     resumed = CountingEncoder(tiny_clip)
@@ -212,3 +212,23 @@ def test_embed_command(tmp_path, tiny_clip):
     emb = EmbeddingSet(out)
     assert emb.attend_padding and emb.info["context_length_computed"]
     assert (out / "manifest.json").exists()
+
+
+def test_embeddings_of_an_older_histosynth_are_kept_and_recorded(tmp_path, tiny_clip):
+    """0.1 marked a finished set by `complete` in info.json and had no status record."""
+    import json
+
+    ws = write_workspace(tmp_path / "ws")
+    cfg = pathldm_config()
+    out = embed_workspace(ws, cfg, 35, encoder=tiny_clip)
+    before = EmbeddingSet(out).for_keys(keys_of(ws, range(4)))[0]
+    (out / "status.json").unlink()
+    info = json.loads((out / "info.json").read_text())
+    (out / "info.json").write_text(json.dumps({**info, "complete": True}))
+    assert torch.equal(EmbeddingSet(out).for_keys(keys_of(ws, range(4)))[0], before)
+    again = CountingEncoder(tiny_clip)
+    embed_workspace(ws, cfg, 35, encoder=again)
+    assert again.encoded == []                                   # every shard kept, now recorded
+    log = WorkLog(out / "status.json")
+    assert log.get("embeddings").state == "done" and log.get("shard-0.safetensors").state == "done"
+    assert torch.equal(EmbeddingSet(out).for_keys(keys_of(ws, range(4)))[0], before)

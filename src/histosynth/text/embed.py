@@ -1,7 +1,10 @@
 """`histosynth embed`: every tile's condition text, each unique text encoded once, into safetensors shards.
 
-Resumable: shards already on disk (for the same encoder, context length and long-context mode)
-are kept and their texts are not encoded again; only new texts go into new shards.
+Resumable through the folder's status record (histosynth.status, `status.json`): a shard recorded
+done for the same encoder, context length, long-context mode and store dtype is kept and its texts
+are not encoded again; only new texts go into new shards. The unit `embeddings` is done when
+texts.parquet, tiles.parquet and info.json are written for the current inputs. Embeddings of an older
+histosynth (no status record; `complete` in info.json) are judged once by info.json and recorded.
 """
 
 from __future__ import annotations
@@ -13,16 +16,18 @@ from pathlib import Path
 
 from .. import distributed
 from ..console import HistosynthError, info, track, warn
-from ..fileio import atomic_path, hash_input, text_hash, write_json
+from ..fileio import atomic_path, hash_input, read_json, text_hash, write_json
 from ..locks import stage_lock
 from ..manifest import recording
+from ..status import WorkLog, inputs_hash
 from ..workspace import Workspace
 from .condition import context_length_for, score_column, template_fields, tile_condition_text
 from .encoders import TextEncoder, load_encoder
 from ..slides.keys import index_keys
-from .store import INFO_NAME, TEXTS_NAME, TILES_NAME, UNCOND_NAME, embedding_inputs, embeddings_dir, shard_name
+from .store import INFO_NAME, SET_UNIT, TEXTS_NAME, TILES_NAME, UNCOND_NAME, embedding_inputs, embeddings_dir, shard_name
 
 IDENTITY_KEYS = ("encoder", "encoder_fingerprint", "context_length", "long_context", "store_dtype")
+UNCOND_UNIT = "uncond"
 
 
 def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str | TextEncoder | None = None) -> Path:
@@ -58,23 +63,33 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
             "tokenizer": enc.tokenizer.name,
             "store_dtype": text_cfg.store_dtype,
         }
-        where = existing_rows(out, settings)
+        log = WorkLog(ws.status_path(out))
+        identity = {k: settings[k] for k in IDENTITY_KEYS}
+        where = existing_rows(out, identity, log)
         distributed.barrier()  # every rank reads the same shards before rank 0 writes any
         todo = texts[~texts["text_hash"].isin(where)]
         info(f"{len(texts)} unique condition texts for {len(tiles)} tiles; "
              f"{len(texts) - len(todo)} cached, {len(todo)} to encode")
-        if distributed.is_main():
-            write_json(out / INFO_NAME, {**settings, "complete": False})
+        set_inputs = inputs_hash(settings=settings, inputs=embedding_inputs(ws, budget))
+        main = distributed.is_main()
+        if main:
+            log.mark(SET_UNIT, set_inputs, "running")   # readers refuse the set until it is done again
+            write_json(out / INFO_NAME, settings)
 
         t0 = time.perf_counter()
         first = 1 + max((shard for shard, _ in where.values()), default=-1)
         for k, start in enumerate(range(0, len(todo), text_cfg.shard_size), start=first):
             part = todo.iloc[start : start + text_cfg.shard_size]
-            write_shard(out / shard_name(k), enc, list(part["text"]), list(part["text_hash"]), length, text_cfg)
-            where.update({h: (k, row) for row, h in enumerate(part["text_hash"])})
+            hashes = list(part["text_hash"])
+            write_shard(out / shard_name(k), enc, list(part["text"]), hashes, length, text_cfg)
+            if main:
+                log.mark(shard_name(k), shard_inputs(identity, hashes), "done", output={"texts": len(hashes)})
+            where.update({h: (k, row) for row, h in enumerate(hashes)})
         seconds = time.perf_counter() - t0
-        if not (out / UNCOND_NAME).exists():
+        if not (log.done(UNCOND_UNIT, inputs_hash(**identity)) and (out / UNCOND_NAME).exists()):
             write_shard(out / UNCOND_NAME, enc, [""], [text_hash("")], length, text_cfg)
+            if main:
+                log.mark(UNCOND_UNIT, inputs_hash(**identity), "done", output=UNCOND_NAME)
         if not distributed.is_main():  # other ranks: done once rank 0 has written the index
             distributed.barrier()
             return out
@@ -86,7 +101,8 @@ def embed_workspace(ws: Workspace | str | Path, cfg, budget: int, encoder: str |
         # `inputs` identifies the tile index and summaries these embeddings were made from: train
         # re-embeds when they changed (a slide added, re-tiled or resummarized), never joins stale rows
         write_json(out / INFO_NAME, {**settings, "n_texts": len(texts), "n_tiles": len(tiles),
-                                     "inputs": embedding_inputs(ws, budget), "complete": True})
+                                     "inputs": embedding_inputs(ws, budget)})
+        log.mark(SET_UNIT, set_inputs, "done", output={"n_texts": len(texts), "n_tiles": len(tiles)})
         manifest.results.update(
             n_tiles=len(tiles), n_texts=len(texts), n_encoded=len(todo), n_cached=len(texts) - len(todo),
             context_length=length, width=enc.width, encode_seconds=round(seconds, 3),
@@ -147,27 +163,39 @@ def unique_texts(tiles, enc: TextEncoder, length: int, budget: int):
     return texts
 
 
-def existing_rows(out: Path, settings: dict) -> dict[str, tuple[int, int]]:
-    """text_hash -> (shard, row) of shards already written with the same encoder settings."""
+def shard_inputs(identity: dict, hashes: list[str]) -> str:
+    return inputs_hash(**identity, text_hashes=hashes)
+
+
+def existing_rows(out: Path, identity: dict, log: WorkLog) -> dict[str, tuple[int, int]]:
+    """text_hash -> (shard, row) of the shards recorded done with the same encoder settings; the
+    others are removed (and the run says so). A shard with no record (an older histosynth, or a kill
+    between its rename and its record) is judged by info.json's settings once, then recorded."""
     from safetensors import safe_open
 
-    info_path = out / INFO_NAME
-    if not info_path.exists():
-        return {}
-    old = json.loads(info_path.read_text())
-    shards = sorted(out.glob("shard-*.safetensors"))
-    if any(old.get(k) != settings[k] for k in IDENTITY_KEYS):
-        if shards:
-            warn(f"{out}: encoder settings changed; re-encoding {len(shards)} shard(s)")
-        for path in [*shards, out / UNCOND_NAME]:
-            path.unlink(missing_ok=True)
-        return {}
-    where = {}
-    for path in shards:
-        k = int(path.stem.removeprefix("shard-"))
+    old = read_json(out / INFO_NAME) if (out / INFO_NAME).exists() else {}
+    same_as_info = all(old.get(k) == v for k, v in identity.items())
+    where, stale = {}, []
+    for path in sorted(out.glob("shard-*.safetensors")):
         with safe_open(path, framework="pt") as f:
             hashes = json.loads(f.metadata()["text_hashes"])
-        where.update({h: (k, row) for row, h in enumerate(hashes)})
+        key = shard_inputs(identity, hashes)
+        if log.get(path.name) is None and same_as_info:
+            log.mark(path.name, key, "done", output={"texts": len(hashes)}, save=False)
+        if log.done(path.name, key):
+            k = int(path.stem.removeprefix("shard-"))
+            where.update({h: (k, row) for row, h in enumerate(hashes)})
+        else:
+            stale.append(path)
+    if stale:
+        warn(f"{out}: encoder settings changed; re-encoding {len(stale)} shard(s)")
+    for path in stale:
+        path.unlink(missing_ok=True)
+        log.forget(path.name)
+    if (out / UNCOND_NAME).exists() and log.get(UNCOND_UNIT) is None and same_as_info:
+        log.mark(UNCOND_UNIT, inputs_hash(**identity), "done", output=UNCOND_NAME, save=False)
+    if distributed.is_main():
+        log.save()
     return where
 
 

@@ -27,6 +27,7 @@ INFO_NAME = "info.json"
 TEXTS_NAME = "texts.parquet"
 TILES_NAME = "tiles.parquet"
 UNCOND_NAME = "uncond.safetensors"
+SET_UNIT = "embeddings"      # status unit of the whole set (tables + info.json); shards are units too
 
 
 def shard_name(k: int) -> str:
@@ -60,6 +61,15 @@ def embedding_inputs(ws, budget: int) -> str:
                        summaries=hash_input(summaries) if summaries.exists() else None)
 
 
+def finished(path: Path, info: dict) -> bool:
+    """The status record's `embeddings` unit is done (histosynth.status); embeddings of an older
+    histosynth, which have no record, say so in info.json (`complete`)."""
+    from ..status import STATUS_FILE, WorkLog
+
+    record = WorkLog(path / STATUS_FILE).get(SET_UNIT)
+    return record.state == "done" if record is not None else bool(info.get("complete", False))
+
+
 class EmbeddingSet:
     """Read side of an embeddings folder: lookups by text hash or tile id, memory-mapped shards."""
 
@@ -69,7 +79,7 @@ class EmbeddingSet:
         if not info_path.exists():
             raise HistosynthError(f"{info_path}: not found; run `histosynth embed` first")
         self.info: dict = read_json(info_path)
-        if not self.info.get("complete", False):
+        if not finished(self.path, self.info):
             raise HistosynthError(f"{self.path}: unfinished embeddings; rerun `histosynth embed` to complete them")
         self._texts = None
         self._tiles = None
