@@ -148,7 +148,7 @@ def test_attend_padding_passes_no_mask(tmp_path):
     assert mask is None and hidden.shape == (1, 24, WIDTH)
 
 
-def test_sample_run_writes_provenance_and_resumes(run, tmp_path):
+def test_sample_run_writes_provenance_and_resumes(run, tmp_path, capsys):
     out = sample_run(run, ["high tumor; a", "low tumor; b"], n=5, batch_size=2, out_dir=tmp_path / "s")
     files = sorted(p.name for p in out.glob("0*.png"))
     assert files == [f"{i:05d}.png" for i in range(5)]
@@ -168,6 +168,19 @@ def test_sample_run_writes_provenance_and_resumes(run, tmp_path):
     (out / "00004.png").unlink()
     sample_run(run, ["high tumor; a", "low tumor; b"], n=5, batch_size=2, out_dir=out)
     assert json.loads((out / "manifest.json").read_text())["results"]["generated"] == 1
+
+    # A folder of an older histosynth (no status record): the PNGs' provenance decides once, then the record.
+    from histosynth.status import WorkLog
+
+    (out / "status.json").unlink()
+    sample_run(run, ["high tumor; a", "low tumor; b"], n=5, batch_size=2, out_dir=out)
+    assert json.loads((out / "manifest.json").read_text())["results"]["generated"] == 0
+    assert len(WorkLog(out / "status.json").by_state("done")) == 5
+    # Other sampler settings into the same folder: every image made again, and the run says so.
+    capsys.readouterr()
+    sample_run(run, ["high tumor; a", "low tumor; b"], n=5, batch_size=2, steps=2, out_dir=out)
+    assert json.loads((out / "manifest.json").read_text())["results"]["generated"] == 5
+    assert "5 images were made from another prompt, seed, checkpoint or sampler setting" in capsys.readouterr().err
 
 
 def test_sample_from_test_summaries(run):

@@ -1,7 +1,10 @@
 """`histosynth sample`: a run's images for given prompts or for test-split reports, reproducibly.
 
 Image i gets seed `seed + i`, so a sample folder is the same whatever the batch size, and an
-interrupted run resumes: images already written with the same prompt, seed and checkpoint are kept.
+interrupted run resumes: the folder's status record (histosynth.status, `status.json`, one unit per
+image) keeps the images made from the same prompt, seed, checkpoint and sampler settings; an image
+made from other ones is generated again, and the run says so. A folder of an older histosynth (no
+record) is judged once by the PNGs' provenance chunks (prompt, seed, checkpoint) and then recorded.
 Every PNG says in its metadata that it is synthetic and where it came from.
 """
 
@@ -19,6 +22,7 @@ from ..console import HistosynthError, info, track
 from ..fileio import read_json, write_text
 from ..imageio import contact_sheet, load_rgb, png_metadata, save_png
 from ..manifest import recording
+from ..status import STATUS_FILE, WorkLog, inputs_hash
 from ..runfolder import SAMPLE_METADATA
 from ..results import SampleResult
 from ..runfolder import Condition, RunFolder
@@ -87,9 +91,8 @@ def sample_run(
     with distributed.on_main(recording, "sample", out, config=cfg, seeds={"seed": s.seed}) as manifest:
         manifest.inputs[str(run.sampling_unet_dir())] = pipe.checkpoint_hash
         distributed.barrier()  # every rank sees the same images on disk before splitting the rest
-        todo = [r for r in records if not _already_written(out / r["file"], r)]
-        if len(todo) < len(records):
-            info(f"resuming: {len(records) - len(todo)} of {len(records)} images already written")
+        log = WorkLog(out / STATUS_FILE)
+        todo = images_to_make(out, records, log)
         batches = [todo[i:i + s.batch_size] for i in range(0, len(todo), s.batch_size)]
         mine = [b for _, b in distributed.my_share(batches)]  # under a launcher: this rank's whole batches
         for batch in track(mine, f"sampling {sum(map(len, mine))} images ({s.sampler}, {s.steps} steps)"):
@@ -98,6 +101,8 @@ def sample_run(
                           height=size["height"], width=size["width"]).images
             for record, image in zip(batch, images):
                 save_png(out / record["file"], image, provenance(record, run))
+                log.mark(record["file"], image_inputs(record), "done", save=False)
+            log.save()  # per batch: a kill -9 loses at most the batch in flight
         distributed.barrier()  # every rank's images are written; rank 0 writes the index
         if not distributed.is_main():
             return out
@@ -261,6 +266,39 @@ def read_prompts(path: str | Path) -> list[str]:
 def read_metadata(folder: str | Path) -> list[dict]:
     path = Path(folder) / METADATA_NAME
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+PIXEL_KEYS = ("prompt", "seed", "checkpoint_hash", "sampler", "steps", "guidance", "eta", "height", "width")
+
+
+def image_inputs(record: dict) -> str:
+    """What an image's pixels are made from (its status unit's inputs)."""
+    return inputs_hash(**{k: record.get(k) for k in PIXEL_KEYS})
+
+
+def images_to_make(out: Path, records: list[dict], log: WorkLog) -> list[dict]:
+    """The records whose image is missing or was made from other inputs (said so); the rest are kept."""
+    todo, changed, migrated = [], 0, 0
+    for record in records:
+        unit, key = record["file"], image_inputs(record)
+        if not (out / unit).exists():
+            todo.append(record)
+        elif log.done(unit, key):
+            continue
+        elif log.get(unit) is None and _already_written(out / unit, record):
+            log.mark(unit, key, "done", save=False)   # an older folder: judged by provenance once, recorded
+            migrated += 1
+        else:
+            todo.append(record)
+            changed += 1
+    if migrated:
+        log.save()
+    if changed:
+        info(f"{out}: {changed} images were made from another prompt, seed, checkpoint or sampler setting; "
+             f"generating them again")
+    if len(todo) < len(records):
+        info(f"resuming: {len(records) - len(todo)} of {len(records)} images already written")
+    return todo
 
 
 def _already_written(path: Path, record: dict) -> bool:
