@@ -161,6 +161,15 @@ def test_evaluate_workspace_split(random_inception, tmp_path):
     again = evaluate(f"{ws}:test", fakes, tmp_path / "eval2", metrics=["fid", "stain"],
                      inception_weights=random_inception, allow_unverified_weights=True)
     assert again["protocol"]["real"]["reused"] is True
+    # An older histosynth's cache (no status record): the file's own meta decides once, then the record.
+    from histosynth.status import WorkLog
+
+    (ws / "eval-cache" / "status.json").unlink()
+    before = cached.stat().st_mtime_ns
+    older = evaluate(f"{ws}:test", fakes, tmp_path / "eval5", metrics=["fid", "stain"],
+                     inception_weights=random_inception, allow_unverified_weights=True)
+    assert older["protocol"]["real"]["reused"] is True and cached.stat().st_mtime_ns == before
+    assert WorkLog(ws / "eval-cache" / "status.json").get(cached.name).state == "done"
     c2st_only = evaluate(f"{ws}:test", fakes, tmp_path / "eval4", metrics=["c2st"])  # reuses the cached reference
     assert c2st_only["metrics"]["c2st"]["real_reference"] == m["c2st"]["real_reference"]
     assert again["metrics"]["fid"] == pytest.approx(m["fid"], rel=1e-9)

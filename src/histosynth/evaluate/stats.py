@@ -1,8 +1,10 @@
 """Per-set statistics (Inception features, stain descriptors, thumbnails), saved to and reused from `.npz`.
 
 One pass over a set computes every part a metric needs. A real set's file is reused while its
-inputs, size, crop and Inception weights are the same; pytorch-fid's own `--save-stats` files
-(`mu`, `sigma`) load too, for FID only.
+inputs, size, crop and Inception weights are the same: the cache folder's status record
+(histosynth.status, `status.json`, one unit per file) says so, with the file's parts, weights and
+mpp as its output; a cache of an older histosynth (no record) is judged once by the file's own
+`meta` and then recorded. pytorch-fid's own `--save-stats` files (`mu`, `sigma`) load too, for FID only.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..console import HistosynthError, track
+from ..console import HistosynthError, info, track
 from ..fileio import atomic_path
+from ..status import STATUS_FILE, WorkLog, inputs_hash
 from .inception import PoolFeatures
 from .c2st import small_images
 from .memorization import thumbnails
@@ -107,21 +110,44 @@ def set_stats(source: Source, parts: set[str], *, n: int | None, crop: int | Non
     key = {"source": str(source), "fingerprint": images.fingerprint(), "n": len(images), "crop": crop,
            "version": VERSION, "mpp": mpp if "descriptors" in parts else None, "seed": seed,
            "resize_to": list(resize_to) if resize_to else None}
-    if cache is not None and cache.exists():
-        stats, meta = load_stats(cache)
-        same_inception = "inception" not in parts or meta.get("inception_sha256") == inception_sha256
-        have = meta.get("encoders", {})
-        same_encoders = all(have.get(n) == e.info["weights_sha256"] for n, e in (encoders or {}).items())
-        old = dict(meta.get("key") or {})
-        # the mpp matters only when descriptors are asked for (a cache made with them holds one)
-        same_mpp = "descriptors" not in parts or old.get("mpp") == mpp
-        same_key = {k: v for k, v in old.items() if k != "mpp"} == {k: v for k, v in key.items() if k != "mpp"}
-        if same_key and same_mpp and parts <= set(meta.get("parts", ())) and same_inception and same_encoders:
-            return stats, {**meta, "stats_file": str(cache), "reused": True}
-    stats = compute_stats(images, parts, inception, batch_size, encoders=encoders, mpp=mpp)
-    meta = {"key": key, "source": str(source), "n": len(images), "crop": crop, "parts": sorted(parts),
+    want = {"parts": sorted(parts), "mpp": key["mpp"],
             "inception_sha256": inception_sha256 if "inception" in parts else None,
             "encoders": {n: e.info["weights_sha256"] for n, e in (encoders or {}).items()}}
+    log = WorkLog(cache.parent / STATUS_FILE) if cache is not None else None
+    key_inputs = inputs_hash(**{k: v for k, v in key.items() if k != "mpp"})  # mpp: only with descriptors
+    if cache is not None and cache.exists():
+        record = log.get(cache.name)
+        if record is None:  # a cache of an older histosynth: its own meta decides once, then the record
+            stats, meta = load_stats(cache)
+            old_key = meta.get("key") or {}
+            if covers(cached_parts(meta, old_key), want):
+                log.mark(cache.name, inputs_hash(**{k: v for k, v in old_key.items() if k != "mpp"}), "done",
+                         output=cached_parts(meta, old_key))
+        if log.done(cache.name, key_inputs) and covers(log.get(cache.name).output, want):
+            stats, meta = load_stats(cache) if record is not None else (stats, meta)
+            return stats, {**meta, "stats_file": str(cache), "reused": True}
+        if log.changed(cache.name, key_inputs):
+            info(f"{cache}: its set, count, crop, seed or resizing changed since it was cached; computing it again")
+    stats = compute_stats(images, parts, inception, batch_size, encoders=encoders, mpp=mpp)
+    meta = {"key": key, "source": str(source), "n": len(images), "crop": crop, "parts": sorted(parts),
+            "inception_sha256": want["inception_sha256"], "encoders": want["encoders"]}
     if cache is not None:
         save_stats(cache, stats, meta)
+        log.mark(cache.name, key_inputs, "done", output=want)
     return stats, {**meta, "stats_file": str(cache) if cache else None, "reused": False}
+
+
+def cached_parts(meta: dict, key: dict) -> dict:
+    """What a cached file holds, as its status unit records it (from an older file's own meta)."""
+    return {"parts": sorted(meta.get("parts", ())), "mpp": key.get("mpp"),
+            "inception_sha256": meta.get("inception_sha256"), "encoders": meta.get("encoders", {})}
+
+
+def covers(have: dict, want: dict) -> bool:
+    """A cached file serves a request: every part asked for, made with the same Inception and
+    encoder weights, and (only when descriptors are asked for) at the same mpp."""
+    parts = set(want["parts"])
+    same_inception = "inception" not in parts or have.get("inception_sha256") == want["inception_sha256"]
+    same_encoders = all(have.get("encoders", {}).get(n) == sha for n, sha in want["encoders"].items())
+    same_mpp = "descriptors" not in parts or have.get("mpp") == want["mpp"]
+    return parts <= set(have.get("parts", ())) and same_inception and same_encoders and same_mpp
