@@ -1,6 +1,7 @@
 """Typed stage results: what a stage hands to the stages after it, saved as `result.json`.
 
-(`encode`'s result, `latents.store.LatentsResult`, lives with its stage because only `train` reads it.)
+(`encode`'s result, `latents.store.LatentsResult`, is a StageResult too; it lives with its stage
+because only `train` reads it.)
 
 A manifest is the record of what ran (command, config, versions, timings) and stays free-form;
 a result is a contract: later stages read these models, never manifest fields. Each model is

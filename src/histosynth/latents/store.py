@@ -22,14 +22,14 @@ the 8 dihedral transforms are applied to the latents at training time (approxima
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..console import HistosynthError
-from ..fileio import hash_input, read_json, write_json
+from ..fileio import hash_input
+from ..results import StageResult
 
 INFO_NAME = "info.json"
 TILES_NAME = "tiles.parquet"
@@ -65,29 +65,24 @@ def model_id(vae) -> str:
     return "vae-" + h.hexdigest()[:12]
 
 
-@dataclass
-class LatentsResult:
-    """What `encode` leaves for `train`: which VAE, which cache folder, for which tiles."""
+class LatentsResult(StageResult):
+    """What `encode` leaves for `train` (`WS/latents/result.json`): which VAE, which cache folder, for
+    which tiles. A file of 0.1 (no `kind`, a `complete` flag) loads as it is."""
 
+    kind: str = "latents"
     vae: str            # the VAE source (folder or hub id) the latents were encoded with
     vae_id: str         # its content identity (latents.store.vae_id) when encoded
     path: str           # the cache folder, relative to the workspace
     count: int          # tiles in the cache's tiles.parquet
     keys: str           # slides.keys.keys_hash of those tiles
-    complete: bool = True
 
     @classmethod
     def read(cls, ws) -> "LatentsResult | None":
-        path = ws.latents_result_path
-        if not path.exists():
-            return None
-        try:
-            return cls(**read_json(path))
-        except (TypeError, ValueError) as exc:
-            raise HistosynthError(f"{path}: unreadable encode result ({exc}); rerun `histosynth encode`") from None
+        """The workspace's current latents, or None before the first `encode`."""
+        return cls.load(ws.latents_result_path.parent) if ws.latents_result_path.exists() else None
 
     def write(self, ws) -> None:
-        write_json(ws.latents_result_path, asdict(self))
+        self.save(ws.latents_result_path.parent)
 
     def folder(self, ws) -> Path:
         return ws.root / self.path
