@@ -85,3 +85,24 @@ def test_help_imports_no_model_library():
     """One probe of the check above: `histosynth --help` exits 0 without torch and its kin."""
     heavy, code = probe("--help")
     assert code in ("0", "None") and heavy == ""
+
+
+@pytest.mark.unit
+def test_each_command_registers_only_its_own_module():
+    """main() imports only the named command's CLI module: the map must say which module adds which command."""
+    import importlib
+
+    import typer
+
+    from histosynth.cli import COMMANDS, STAGE_CLIS, app, modules_for
+
+    registered = {}
+    for module in STAGE_CLIS:
+        one = typer.Typer()
+        importlib.import_module(module).register(one)
+        registered.update({c.name: module for c in one.registered_commands})
+    assert registered == COMMANDS
+    assert sorted(c.name for c in app.registered_commands) == sorted(COMMANDS)
+    assert modules_for(["-q", "summarize", "-w", "ws"]) == ("histosynth.reports.cli",)
+    assert modules_for(["--help"]) == modules_for([]) == modules_for(["nosuch"]) == STAGE_CLIS
+    assert modules_for(["--help", "summarize"]) == STAGE_CLIS

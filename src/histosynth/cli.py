@@ -1,7 +1,10 @@
 """The `histosynth` command: parses arguments and calls the stages; no stage logic lives here.
 
 Each stage sub-package has a `cli.py` with a `register(app)` that adds its commands. Stage CLI
-modules import only typer and the core at module level, so `histosynth --help` stays fast.
+modules import only typer and the core at module level, so `histosynth --help` stays fast, and
+`main()` imports only the module of the command named on the command line (`COMMANDS`; --help,
+no command or an unknown one register them all, so the listing and the "no such command" error
+are complete). `histosynth.cli.app` is the app with every command (tests, CliRunner).
 """
 
 from __future__ import annotations
@@ -16,18 +19,10 @@ from . import __version__
 from .config import ConfigError
 from .console import HistosynthError, error, is_debug, set_debug, set_quiet
 
-app = typer.Typer(
-    name="histosynth",
-    help="Slides and pathology reports to a text-conditioned latent diffusion model of histopathology patches.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-
 # Pipeline order; each module's register(app) adds the commands of its stage.
 STAGE_CLIS = (
     "histosynth.core_cli",          # sample-data
-    "histosynth.slides.cli",        # tile, tile-merge
+    "histosynth.slides.cli",        # tile, tile-merge, describe
     "histosynth.reports.cli",       # reports, summarize, summary-stats
     "histosynth.text.cli",          # embed
     "histosynth.latents.cli",       # train-vae, encode
@@ -38,6 +33,21 @@ STAGE_CLIS = (
     "histosynth.convert.cli",       # convert-pathldm
     "histosynth.serve.cli",         # serve
 )
+# command -> the module that registers it (tests/test_startup.py checks it against register())
+COMMANDS = {
+    "sample-data": "histosynth.core_cli",
+    "tile": "histosynth.slides.cli", "tile-merge": "histosynth.slides.cli", "describe": "histosynth.slides.cli",
+    "reports": "histosynth.reports.cli", "summarize": "histosynth.reports.cli",
+    "summary-stats": "histosynth.reports.cli",
+    "embed": "histosynth.text.cli",
+    "train-vae": "histosynth.latents.cli", "encode": "histosynth.latents.cli",
+    "train": "histosynth.train.cli",
+    "sample": "histosynth.sample.cli",
+    "evaluate": "histosynth.evaluate.cli",
+    "ablate": "histosynth.experiments.cli", "demo": "histosynth.experiments.cli",
+    "convert-pathldm": "histosynth.convert.cli",
+    "serve": "histosynth.serve.cli",
+}
 
 
 def _version(value: bool) -> None:
@@ -46,7 +56,6 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
-@app.callback()
 def _main(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or info messages."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
@@ -56,8 +65,36 @@ def _main(
     set_debug(debug)
 
 
-for _module in STAGE_CLIS:
-    importlib.import_module(_module).register(app)
+def build_app(modules: tuple[str, ...] = STAGE_CLIS) -> typer.Typer:
+    """The `histosynth` app with the commands of `modules` (default: all of them)."""
+    app = typer.Typer(
+        name="histosynth",
+        help="Slides and pathology reports to a text-conditioned latent diffusion model of histopathology patches.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    app.callback()(_main)
+    for module in modules:
+        importlib.import_module(module).register(app)
+    return app
+
+
+def modules_for(argv: list[str]) -> tuple[str, ...]:
+    """The stage CLI module of the command in `argv` (the first word that is not an option: the
+    top-level options take no value), or all of them for --help, no command or an unknown one."""
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command in COMMANDS and not {"--help", "-h"} & set(argv[: argv.index(command)]):
+        return (COMMANDS[command],)
+    return STAGE_CLIS
+
+
+def __getattr__(name: str):
+    """`app`: every command registered (built on first use, PEP 562)."""
+    if name == "app":
+        globals()["app"] = build_app()
+        return globals()["app"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _is_click_error(exc: Exception) -> bool:
@@ -68,6 +105,7 @@ def _is_click_error(exc: Exception) -> bool:
 def main() -> None:
     # Two cores: never let torch, BLAS and loader workers oversubscribe them by default.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app = build_app(modules_for(sys.argv[1:]))
     try:
         app(standalone_mode=False)
     except ConfigError as exc:

@@ -3,6 +3,9 @@
 Every message goes through `mask_secrets`: a URL's password (`user:pass@`) and the values of query
 parameters that look like credentials (`?api-key=...`, `token`, `sig`, ...) never reach a terminal or
 a log. `manifest.py` uses the same functions for everything it writes.
+
+rich is imported on the first message or visible progress bar, not at import: a `--quiet` command
+that prints nothing (summarizing reports) starts without it.
 """
 
 from __future__ import annotations
@@ -11,14 +14,29 @@ import re
 from typing import Iterable, Iterator, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
 T = TypeVar("T")
 
-console = Console(stderr=True, highlight=False)
 _state = {"quiet": False, "debug": False}
+
+
+def __getattr__(name: str):
+    """`console`: the rich Console on stderr, made on first use (module attribute, PEP 562)."""
+    if name == "console":
+        from rich.console import Console
+
+        globals()["console"] = Console(stderr=True, highlight=False)
+        return globals()["console"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _console():
+    return globals().get("console") or __getattr__("console")
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(text)
 
 
 MASK = "***"
@@ -75,28 +93,50 @@ def is_debug() -> bool:
 
 def info(message: str) -> None:
     if not _state["quiet"]:
-        console.print(mask_secrets(message), soft_wrap=True)
+        _console().print(mask_secrets(message), soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/yellow] {escape(mask_secrets(message))}", soft_wrap=True)
+    _console().print(f"[yellow]warning:[/yellow] {escape(mask_secrets(message))}", soft_wrap=True)
 
 
 def error(message: str) -> None:
-    console.print(f"[red]error:[/red] {escape(mask_secrets(message))}", soft_wrap=True)  # one line in logs too
+    _console().print(f"[red]error:[/red] {escape(mask_secrets(message))}", soft_wrap=True)  # one line in logs too
 
 
-def make_progress() -> Progress:
+def make_progress():
+    """A rich Progress on stderr; under --quiet a stand-in with the same methods that shows nothing."""
+    if _state["quiet"]:
+        return _NoProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console,
-        disable=_state["quiet"],
+        console=_console(),
         transient=False,
     )
+
+
+class _NoProgress:
+    """What `make_progress()` gives under --quiet: the calls histosynth makes, doing nothing."""
+
+    def __enter__(self) -> "_NoProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, *args, **kwargs) -> int:
+        return 0
+
+    def advance(self, *args, **kwargs) -> None:
+        return None
+
+    update = reset = advance
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
