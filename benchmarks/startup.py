@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "startup.json")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     tmp = Path(tempfile.mkdtemp(prefix="hs-startup-"))
     try:
         src = tmp / "eight.csv"
@@ -70,6 +71,9 @@ def main() -> None:
             "import_torch_cpu_median_s": round(statistics.median(cpus_t), 3),
             "cpu_ratio": round(statistics.median(cpus_s) / statistics.median(cpus_t), 3),
             "load_average_1min": os.getloadavg()[0],
+            "load_average_1min_before": load_before,
+            # with PYTHONDONTWRITEBYTECODE set, histosynth's own modules are compiled on every start
+            "bytecode_cache_written": not sys.flags.dont_write_bytecode,
             "targets": {"ratio": "< 0.3", "peak_rss_mb": "< 300"},
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
