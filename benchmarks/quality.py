@@ -154,16 +154,19 @@ def subsample(ws, max_tiles: int, seed: int = 0) -> None:
 
 
 # ---- one dataset ----------------------------------------------------------------------------------
-def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str) -> dict:
+def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str, progress: Path) -> dict:
     """Train in chunks until the budget of CPU time (or the step cap) is reached; each chunk resumes
     from the run's checkpoint, so the steps reached are exactly those of one uninterrupted run.
 
     The budget is the training process's CPU time, not wall time: on a machine shared with other
     work, wall time measures the neighbours; CPU time is what the training itself used (with one
-    torch thread, the wall time it takes on an idle core)."""
+    torch thread, the wall time it takes on an idle core). `progress` records the steps and CPU time
+    spent after every chunk, so a killed and restarted benchmark counts them against the budget
+    instead of starting the budget afresh (which trained a resumed run longer than its budget)."""
     from histosynth.train.trainer import train
 
-    cpu, wall, steps, chunks = 0.0, 0.0, 0, 0
+    spent = spent_so_far(ws.run(run_name), progress)
+    cpu, wall, steps, chunks = spent["cpu_s"], spent["wall_s"], spent["steps"], spent["chunks"]
     manifest = ws.run_dir(run_name) / "manifest.json"
     while steps < sizes.max_train_steps:
         chunk = sizes.chunk_steps
@@ -178,12 +181,42 @@ def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str) -> dict:
         train(ws, chunk_cfg, budget, run_name=run_name, resume=True)
         wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
         steps, chunks = target, chunks + 1
+        _write_progress(progress, steps=steps, cpu_s=cpu, wall_s=wall, chunks=chunks)
     final = json.loads(manifest.read_text())["results"]
     return {"steps": steps, "train_cpu_s": round(cpu, 1), "train_wall_s": round(wall, 1),
             "budget_cpu_minutes": sizes.train_minutes, "cpu_s_per_step": round(cpu / max(steps, 1), 3),
             "median_step_wall_s": final.get("step_time_s"), "heldout_loss": final.get("heldout_loss"),
             "heldout_zero_baseline": final.get("heldout_zero_baseline"), "batch_size": cfg.train.batch_size,
-            "chunks": chunks, "torch_threads": _threads()}
+            "chunks": chunks, "torch_threads": _threads(), "resumed_with": spent.get("resumed_with")}
+
+
+def spent_so_far(run, progress: Path) -> dict:
+    """Steps and CPU/wall time a killed benchmark already spent on this run: the steps are the latest
+    checkpoint's (the truth the trainer resumes from); the time is the progress record's, plus, for
+    checkpointed steps the record missed (killed between the checkpoint and the record), the record's
+    CPU time per step. CPU spent past the last checkpoint was lost with its steps and is not counted."""
+    from histosynth.train.checkpoints import checkpoint_step, latest_checkpoint
+
+    record = json.loads(progress.read_text()) if progress.exists() else {}
+    done = {"steps": record.get("steps", 0), "cpu_s": record.get("cpu_s", 0.0),
+            "wall_s": record.get("wall_s", 0.0), "chunks": record.get("chunks", 0)}
+    latest = latest_checkpoint(run)
+    at = checkpoint_step(run, latest) if latest is not None else 0
+    if at != done["steps"]:
+        if at and not done["steps"]:
+            raise SystemExit(f"quality: {run.path} has a checkpoint at step {at} but no record of its CPU time "
+                             f"({progress}); delete the run folder to train it within the budget again")
+        cpu_per_step, wall_per_step = (done["cpu_s"] / done["steps"], done["wall_s"] / done["steps"]) if at else (0, 0)
+        done = {"steps": at, "cpu_s": cpu_per_step * at, "wall_s": wall_per_step * at, "chunks": done["chunks"]}
+    if done["steps"]:
+        done["resumed_with"] = {"steps": done["steps"], "cpu_s": round(done["cpu_s"], 1)}
+    return done
+
+
+def _write_progress(path: Path, **spent) -> None:
+    from histosynth.fileio import write_json
+
+    write_json(path, {k: round(v, 2) if isinstance(v, float) else v for k, v in spent.items()})
 
 
 def _threads() -> int:
@@ -237,7 +270,9 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     stage("embed", lambda: embed_workspace(ws, cfg, budget))
     stage("train-vae", lambda: train_vae(ws, cfg))
     stage("encode", lambda: encode_workspace(ws, cfg))
-    train_info = stage("train", lambda: train_for(ws, cfg, budget, sizes, "quality")) or _read(root, "train-info")
+    progress = root / "train-progress.json"
+    train_info = stage("train", lambda: train_for(ws, cfg, budget, sizes, "quality", progress)) \
+        or _read(root, "train-info")
     _write(root, "train-info", train_info)
     run_dir = ws.run_dir("quality")
 
