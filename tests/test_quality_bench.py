@@ -54,11 +54,6 @@ def test_targets_follow_the_issue_rules():
     assert rows[0]["generated"] == "0.400 [0.300, 0.500]" and "chance 0.125" in rows[0]["reference"]
 
 
-# Failed in the final CI-like run of this session after the merges (cause not yet pinned down; the
-# engineer's own runs passed); runnable with HISTOSYNTH_SLOW=1 until it is.
-@pytest.mark.slow
-@pytest.mark.skipif(__import__("os").environ.get("HISTOSYNTH_SLOW") != "1",
-                    reason="quick quality benchmark: ~2.5 min and failing after the 0.2 merges; HISTOSYNTH_SLOW=1")
 def test_quick_benchmark_runs_both_comparisons(tmp_path):
     shared_file("slides/CMU-1-Small-Region.svs")  # through the data registry, as the benchmark reads them
     shared_file("tiles/kather2016_tiles_original")
