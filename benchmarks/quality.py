@@ -109,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parallel", action="store_true", help="one process per dataset, at the same time")
     p.add_argument("--update-readme", action="store_true",
                    help="write the measured table between README.md's quality-results markers")
+    p.add_argument("--combine", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="run nothing: one report (--out; README with --update-readme) from finished runs' reports "
+                        "or one-dataset records, each dataset keeping the conditions it was measured under")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: run this dataset only
     return p.parse_args(argv)
 
@@ -350,6 +353,8 @@ def main(argv=None) -> dict:
     if args.one:
         one(args.one, sizes, work)
         return {}
+    if args.combine:
+        return write_report(combine(args.combine, command_line(argv)), args.out or RESULTS, args.update_readme)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
@@ -368,17 +373,58 @@ def main(argv=None) -> dict:
               "preset": "tiny-cpu", "sizes": asdict(sizes), "threads_per_dataset": args.threads,
               "parallel": args.parallel, "cpu_count": os.cpu_count(), "load_average_before": load_before,
               "load_average_after": load_average(), "wall_s": round(time.perf_counter() - started, 1),
-              "datasets": results, "table": table_rows(results),
-              "command": " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])}
-    out = args.out or (work / "quality.json" if args.quick else RESULTS)
+              "measured": time.strftime("%Y-%m-%d", time.gmtime()),
+              "datasets": results, "table": table_rows(results), "command": command_line(argv)}
+    return write_report(report, args.out or (work / "quality.json" if args.quick else RESULTS),
+                        args.update_readme and not args.quick)
+
+
+def command_line(argv) -> str:
+    return " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+
+
+def write_report(report: dict, out: Path, readme: bool) -> dict:
     from histosynth.fileio import write_json
 
     write_json(out, report)
     print_table(report)
     print(f"wrote {out}")
-    if args.update_readme and not args.quick:
+    if readme:
         update_readme(report)
     return report
+
+
+# What a run was measured under; a combined report keeps it with each dataset.
+RUN_KEYS = ("measured", "command", "sizes", "threads_per_dataset", "parallel", "cpu_count", "load_average_before",
+            "load_average_after", "wall_s")
+
+
+def combine(paths: list[Path], command: str) -> dict:
+    """One report from finished runs (whole reports, or one dataset's result.json): the datasets side
+    by side, each with `run`, the conditions of the run that measured it."""
+    from histosynth.experiments.quality import table_rows
+
+    datasets = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"quality: --combine {path}: {exc}") from None
+        if "datasets" in data:
+            run = {"report": str(path), **{k: data[k] for k in RUN_KEYS if k in data}}
+            datasets += [{**d, "run": d.get("run") or run} for d in data["datasets"]]
+        elif "dataset" in data and "metrics" in data:
+            datasets.append({**data, "run": data.get("run") or {"report": str(path)}})
+        else:
+            raise SystemExit(f"quality: --combine {path}: neither a quality report nor a dataset's result")
+    names = [d["dataset"] for d in datasets]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"quality: --combine: a dataset appears twice ({', '.join(names)})")
+    for d in datasets:  # the picture as committed (a run's own copy lived under its work folder)
+        committed = IMAGES / f"quality-{d['dataset']}.png"
+        d["grid"] = str(committed.relative_to(ROOT)) if committed.exists() else d.get("grid")
+    return {"benchmark": "quality", "mode": "full", "preset": "tiny-cpu", "combined_from": [str(p) for p in paths],
+            "datasets": datasets, "table": table_rows(datasets), "command": command}
 
 
 README_MARKERS = ("<!-- quality-results -->", "<!-- /quality-results -->")
@@ -386,19 +432,19 @@ README_MARKERS = ("<!-- quality-results -->", "<!-- /quality-results -->")
 
 def markdown(report: dict) -> str:
     """The results as README text: conditions of the run, the table, the targets, the pictures."""
-    lines = [f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {report['cpu_count']} CPU cores "
-             f"({report['threads_per_dataset']} torch thread per dataset, datasets "
-             f"{'in parallel' if report['parallel'] else 'one after the other'}; load average "
-             f"{report['load_average_before'][0]} before, {report['load_average_after'][0]} after; "
-             f"{report['wall_s'] / 60:.0f} min wall in all):", ""]
+    lines = []
     for d in report["datasets"]:
-        t, stages = d["training"], {s["name"]: s for s in d["stages"]}
+        t, stages, run = d["training"], {s["name"]: s for s in d["stages"]}, d.get("run") or report
         times = ", ".join(f"{name} {stages[name]['cpu_time_s']:.0f} s CPU / {stages[name]['wall_time_s']:.0f} s wall"
                           for name in ("tile", "train-vae", "encode", "sample", "evaluate") if name in stages)
-        lines.append(f"- **{d['dataset']}** ({d['tiles']['train']} train / {d['tiles']['test']} test tiles): U-Net "
-                     f"{t['steps']} steps in {t['train_cpu_s'] / 60:.1f} CPU min ({t['train_wall_s'] / 60:.1f} min "
-                     f"wall); {times}. Target {'met' if d['metrics']['targets']['met'] else 'NOT met'}: "
-                     f"{d['metrics']['targets']['rule']}.")
+        load = (f"load average {run['load_average_before'][0]} before, {run['load_average_after'][0]} after"
+                if run.get("load_average_before") else f"load average {run.get('load_average', 'not recorded')}")
+        lines.append(f"- **{d['dataset']}** ({d['tiles']['train']} train / {d['tiles']['test']} test tiles; measured "
+                     f"{run.get('measured', 'earlier')}, {run.get('threads_per_dataset', t['torch_threads'])} torch "
+                     f"thread, {load}): U-Net {t['steps']} steps in {t['train_cpu_s'] / 60:.1f} CPU min "
+                     f"({t['train_wall_s'] / 60:.1f} min wall); {times}. Target "
+                     f"{'met' if d['metrics']['targets']['met'] else 'NOT met'}: {d['metrics']['targets']['rule']}."
+                     + (f" {run['note']}" if run.get("note") else ""))
     lines += ["", "| dataset | metric | generated [95% CI] | control [95% CI] | reference |", "|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['metric']} | {r['generated']} | {r['control']} | {r['reference']} |"
               for r in report["table"]]
@@ -424,8 +470,10 @@ def update_readme(report: dict) -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nquality benchmark ({report['mode']}), preset tiny-cpu, load average {report['load_average_before']} "
-          f"-> {report['load_average_after']}, {report['wall_s']:.0f} s")
+    conditions = (f"load average {report['load_average_before']} -> {report['load_average_after']}, "
+                  f"{report['wall_s']:.0f} s" if "wall_s" in report else "combined from " + ", ".join(
+                      report.get("combined_from", [])))
+    print(f"\nquality benchmark ({report['mode']}), preset tiny-cpu, {conditions}")
     header = ("dataset", "metric", "generated [95% CI]", "control [95% CI]", "reference")
     rows = [header] + [tuple(r[k] for k in ("dataset", "metric", "generated", "control", "reference"))
                        for r in report["table"]]
