@@ -209,7 +209,8 @@ def spent_so_far(run, progress: Path) -> dict:
         if at and not done["steps"]:
             raise SystemExit(f"quality: {run.path} has a checkpoint at step {at} but no record of its CPU time "
                              f"({progress}); delete the run folder to train it within the budget again")
-        cpu_per_step, wall_per_step = (done["cpu_s"] / done["steps"], done["wall_s"] / done["steps"]) if at else (0, 0)
+        cpu_per_step, wall_per_step = ((done["cpu_s"] / done["steps"], done["wall_s"] / done["steps"]) if at
+                                       else (0.0, 0.0))
         done = {"steps": at, "cpu_s": cpu_per_step * at, "wall_s": wall_per_step * at, "chunks": done["chunks"]}
     if done["steps"]:
         done["resumed_with"] = {"steps": done["steps"], "cpu_s": round(done["cpu_s"], 1)}
