@@ -109,6 +109,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--parallel", action="store_true", help="one process per dataset, at the same time")
     p.add_argument("--update-readme", action="store_true",
                    help="write the measured table between README.md's quality-results markers")
+    p.add_argument("--combine", nargs="+", type=Path, default=None, metavar="JSON",
+                   help="run nothing: one report (--out; README with --update-readme) from finished runs' reports "
+                        "or one-dataset records, each dataset keeping the conditions it was measured under")
     p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: run this dataset only
     return p.parse_args(argv)
 
@@ -154,16 +157,19 @@ def subsample(ws, max_tiles: int, seed: int = 0) -> None:
 
 
 # ---- one dataset ----------------------------------------------------------------------------------
-def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str) -> dict:
+def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str, progress: Path) -> dict:
     """Train in chunks until the budget of CPU time (or the step cap) is reached; each chunk resumes
     from the run's checkpoint, so the steps reached are exactly those of one uninterrupted run.
 
     The budget is the training process's CPU time, not wall time: on a machine shared with other
     work, wall time measures the neighbours; CPU time is what the training itself used (with one
-    torch thread, the wall time it takes on an idle core)."""
+    torch thread, the wall time it takes on an idle core). `progress` records the steps and CPU time
+    spent after every chunk, so a killed and restarted benchmark counts them against the budget
+    instead of starting the budget afresh (which trained a resumed run longer than its budget)."""
     from histosynth.train.trainer import train
 
-    cpu, wall, steps, chunks = 0.0, 0.0, 0, 0
+    spent = spent_so_far(ws.run(run_name), progress)
+    cpu, wall, steps, chunks = spent["cpu_s"], spent["wall_s"], spent["steps"], spent["chunks"]
     manifest = ws.run_dir(run_name) / "manifest.json"
     while steps < sizes.max_train_steps:
         chunk = sizes.chunk_steps
@@ -178,12 +184,43 @@ def train_for(ws, cfg, budget: int, sizes: Sizes, run_name: str) -> dict:
         train(ws, chunk_cfg, budget, run_name=run_name, resume=True)
         wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
         steps, chunks = target, chunks + 1
+        _write_progress(progress, steps=steps, cpu_s=cpu, wall_s=wall, chunks=chunks)
     final = json.loads(manifest.read_text())["results"]
     return {"steps": steps, "train_cpu_s": round(cpu, 1), "train_wall_s": round(wall, 1),
             "budget_cpu_minutes": sizes.train_minutes, "cpu_s_per_step": round(cpu / max(steps, 1), 3),
             "median_step_wall_s": final.get("step_time_s"), "heldout_loss": final.get("heldout_loss"),
             "heldout_zero_baseline": final.get("heldout_zero_baseline"), "batch_size": cfg.train.batch_size,
-            "chunks": chunks, "torch_threads": _threads()}
+            "chunks": chunks, "torch_threads": _threads(), "resumed_with": spent.get("resumed_with")}
+
+
+def spent_so_far(run, progress: Path) -> dict:
+    """Steps and CPU/wall time a killed benchmark already spent on this run: the steps are the latest
+    checkpoint's (the truth the trainer resumes from); the time is the progress record's, plus, for
+    checkpointed steps the record missed (killed between the checkpoint and the record), the record's
+    CPU time per step. CPU spent past the last checkpoint was lost with its steps and is not counted."""
+    from histosynth.train.checkpoints import checkpoint_step, latest_checkpoint
+
+    record = json.loads(progress.read_text()) if progress.exists() else {}
+    done = {"steps": record.get("steps", 0), "cpu_s": record.get("cpu_s", 0.0),
+            "wall_s": record.get("wall_s", 0.0), "chunks": record.get("chunks", 0)}
+    latest = latest_checkpoint(run)
+    at = checkpoint_step(run, latest) if latest is not None else 0
+    if at != done["steps"]:
+        if at and not done["steps"]:
+            raise SystemExit(f"quality: {run.path} has a checkpoint at step {at} but no record of its CPU time "
+                             f"({progress}); delete the run folder to train it within the budget again")
+        cpu_per_step, wall_per_step = ((done["cpu_s"] / done["steps"], done["wall_s"] / done["steps"]) if at
+                                       else (0.0, 0.0))
+        done = {"steps": at, "cpu_s": cpu_per_step * at, "wall_s": wall_per_step * at, "chunks": done["chunks"]}
+    if done["steps"]:
+        done["resumed_with"] = {"steps": done["steps"], "cpu_s": round(done["cpu_s"], 1)}
+    return done
+
+
+def _write_progress(path: Path, **spent) -> None:
+    from histosynth.fileio import write_json
+
+    write_json(path, {k: round(v, 2) if isinstance(v, float) else v for k, v in spent.items()})
 
 
 def _threads() -> int:
@@ -237,7 +274,9 @@ def run_dataset(ds: Dataset, sizes: Sizes, work: Path) -> dict:
     stage("embed", lambda: embed_workspace(ws, cfg, budget))
     stage("train-vae", lambda: train_vae(ws, cfg))
     stage("encode", lambda: encode_workspace(ws, cfg))
-    train_info = stage("train", lambda: train_for(ws, cfg, budget, sizes, "quality")) or _read(root, "train-info")
+    progress = root / "train-progress.json"
+    train_info = stage("train", lambda: train_for(ws, cfg, budget, sizes, "quality", progress)) \
+        or _read(root, "train-info")
     _write(root, "train-info", train_info)
     run_dir = ws.run_dir("quality")
 
@@ -315,6 +354,8 @@ def main(argv=None) -> dict:
     if args.one:
         one(args.one, sizes, work)
         return {}
+    if args.combine:
+        return write_report(combine(args.combine, command_line(argv)), args.out or RESULTS, args.update_readme)
     names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     unknown = [n for n in names if n not in DATASETS]
     if unknown:
@@ -333,17 +374,58 @@ def main(argv=None) -> dict:
               "preset": "tiny-cpu", "sizes": asdict(sizes), "threads_per_dataset": args.threads,
               "parallel": args.parallel, "cpu_count": os.cpu_count(), "load_average_before": load_before,
               "load_average_after": load_average(), "wall_s": round(time.perf_counter() - started, 1),
-              "datasets": results, "table": table_rows(results),
-              "command": " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])}
-    out = args.out or (work / "quality.json" if args.quick else RESULTS)
+              "measured": time.strftime("%Y-%m-%d", time.gmtime()),
+              "datasets": results, "table": table_rows(results), "command": command_line(argv)}
+    return write_report(report, args.out or (work / "quality.json" if args.quick else RESULTS),
+                        args.update_readme and not args.quick)
+
+
+def command_line(argv) -> str:
+    return " ".join(["python", "benchmarks/quality.py", *(argv if argv is not None else sys.argv[1:])])
+
+
+def write_report(report: dict, out: Path, readme: bool) -> dict:
     from histosynth.fileio import write_json
 
     write_json(out, report)
     print_table(report)
     print(f"wrote {out}")
-    if args.update_readme and not args.quick:
+    if readme:
         update_readme(report)
     return report
+
+
+# What a run was measured under; a combined report keeps it with each dataset.
+RUN_KEYS = ("measured", "command", "sizes", "threads_per_dataset", "parallel", "cpu_count", "load_average_before",
+            "load_average_after", "wall_s")
+
+
+def combine(paths: list[Path], command: str) -> dict:
+    """One report from finished runs (whole reports, or one dataset's result.json): the datasets side
+    by side, each with `run`, the conditions of the run that measured it."""
+    from histosynth.experiments.quality import table_rows
+
+    datasets = []
+    for path in paths:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"quality: --combine {path}: {exc}") from None
+        if "datasets" in data:
+            run = {"report": str(path), **{k: data[k] for k in RUN_KEYS if k in data}}
+            datasets += [{**d, "run": d.get("run") or run} for d in data["datasets"]]
+        elif "dataset" in data and "metrics" in data:
+            datasets.append({**data, "run": data.get("run") or {"report": str(path)}})
+        else:
+            raise SystemExit(f"quality: --combine {path}: neither a quality report nor a dataset's result")
+    names = [d["dataset"] for d in datasets]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"quality: --combine: a dataset appears twice ({', '.join(names)})")
+    for d in datasets:  # the picture as committed (a run's own copy lived under its work folder)
+        committed = IMAGES / f"quality-{d['dataset']}.png"
+        d["grid"] = str(committed.relative_to(ROOT)) if committed.exists() else d.get("grid")
+    return {"benchmark": "quality", "mode": "full", "preset": "tiny-cpu", "combined_from": [str(p) for p in paths],
+            "datasets": datasets, "table": table_rows(datasets), "command": command}
 
 
 README_MARKERS = ("<!-- quality-results -->", "<!-- /quality-results -->")
@@ -351,19 +433,19 @@ README_MARKERS = ("<!-- quality-results -->", "<!-- /quality-results -->")
 
 def markdown(report: dict) -> str:
     """The results as README text: conditions of the run, the table, the targets, the pictures."""
-    lines = [f"Measured {time.strftime('%Y-%m-%d', time.gmtime())} on {report['cpu_count']} CPU cores "
-             f"({report['threads_per_dataset']} torch thread per dataset, datasets "
-             f"{'in parallel' if report['parallel'] else 'one after the other'}; load average "
-             f"{report['load_average_before'][0]} before, {report['load_average_after'][0]} after; "
-             f"{report['wall_s'] / 60:.0f} min wall in all):", ""]
+    lines = []
     for d in report["datasets"]:
-        t, stages = d["training"], {s["name"]: s for s in d["stages"]}
+        t, stages, run = d["training"], {s["name"]: s for s in d["stages"]}, d.get("run") or report
         times = ", ".join(f"{name} {stages[name]['cpu_time_s']:.0f} s CPU / {stages[name]['wall_time_s']:.0f} s wall"
                           for name in ("tile", "train-vae", "encode", "sample", "evaluate") if name in stages)
-        lines.append(f"- **{d['dataset']}** ({d['tiles']['train']} train / {d['tiles']['test']} test tiles): U-Net "
-                     f"{t['steps']} steps in {t['train_cpu_s'] / 60:.1f} CPU min ({t['train_wall_s'] / 60:.1f} min "
-                     f"wall); {times}. Target {'met' if d['metrics']['targets']['met'] else 'NOT met'}: "
-                     f"{d['metrics']['targets']['rule']}.")
+        load = (f"load average {run['load_average_before'][0]} before, {run['load_average_after'][0]} after"
+                if run.get("load_average_before") else f"load average {run.get('load_average', 'not recorded')}")
+        lines.append(f"- **{d['dataset']}** ({d['tiles']['train']} train / {d['tiles']['test']} test tiles; measured "
+                     f"{run.get('measured', 'earlier')}, {run.get('threads_per_dataset', t['torch_threads'])} torch "
+                     f"thread, {load}): U-Net {t['steps']} steps in {t['train_cpu_s'] / 60:.1f} CPU min "
+                     f"({t['train_wall_s'] / 60:.1f} min wall); {times}. Target "
+                     f"{'met' if d['metrics']['targets']['met'] else 'NOT met'}: {d['metrics']['targets']['rule']}."
+                     + (f" {run['note']}" if run.get("note") else ""))
     lines += ["", "| dataset | metric | generated [95% CI] | control [95% CI] | reference |", "|---|---|---|---|---|"]
     lines += [f"| {r['dataset']} | {r['metric']} | {r['generated']} | {r['control']} | {r['reference']} |"
               for r in report["table"]]
@@ -389,8 +471,10 @@ def update_readme(report: dict) -> None:
 
 
 def print_table(report: dict) -> None:
-    print(f"\nquality benchmark ({report['mode']}), preset tiny-cpu, load average {report['load_average_before']} "
-          f"-> {report['load_average_after']}, {report['wall_s']:.0f} s")
+    conditions = (f"load average {report['load_average_before']} -> {report['load_average_after']}, "
+                  f"{report['wall_s']:.0f} s" if "wall_s" in report else "combined from " + ", ".join(
+                      report.get("combined_from", [])))
+    print(f"\nquality benchmark ({report['mode']}), preset tiny-cpu, {conditions}")
     header = ("dataset", "metric", "generated [95% CI]", "control [95% CI]", "reference")
     rows = [header] + [tuple(r[k] for k in ("dataset", "metric", "generated", "control", "reference"))
                        for r in report["table"]]

@@ -166,3 +166,9 @@ def test_tile_keys_survive_renumbering_and_change_with_the_pixels():
     assert keys_hash(index_keys(old)) == keys_hash(index_keys(old)[::-1]) != keys_hash(index_keys(added))
     # an index that stores its keys is read as stored
     assert index_keys(old.assign(tile_key=["k0", "k1", "k2"])) == ["k0", "k1", "k2"]
+    # a tile dataset is one slide_id of many source images, each with coordinates from 0: the source
+    # image is part of the key (a slide's own rows, whose source is the slide, keep their keys)
+    tiles = pd.DataFrame({"slide_id": ["kather", "kather", "S-B"],
+                          "source": ["01_TUMOR/a.tif", "04_LYMPHO/b.tif", "S-B"],
+                          "x": [0, 0, 0], "y": [0, 0, 0], "size": [64, 64, 64], "mpp": [0.5, 0.5, 0.5]})
+    assert index_keys(tiles) == ["kather/01_TUMOR/a.tif:0:0:64:0.5", "kather/04_LYMPHO/b.tif:0:0:64:0.5", old_keys[0]]

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from histosynth.slides.index import read_index
+from histosynth.slides.keys import index_keys
 from histosynth.slides.store import TileStore
 from histosynth.slides.tiler import tile_slides
 from histosynth.workspace import Workspace
@@ -62,6 +63,7 @@ def test_class_folders_become_labelled_tiles_split_by_source(kather_subset, tmp_
     assert len(index) == 6 * 4 and set(index["slide_id"]) == {"kather"}
     assert sorted(index["label"].unique()) == ["01_TUMOR", "04_LYMPHO", "08_EMPTY"]
     assert (index.groupby("source").size() == 4).all()
+    assert len(set(index_keys(index))) == len(index)  # every image's tiles start at (0, 0): keys name the image
     assert (index.groupby("source")["split"].nunique() == 1).all()      # a source image stays on one side
     assert set(index["split"]) == {"train", "test"}
     assert (index["mpp_source"] == "assumed").all() and index["desc_nuclei_density"].notna().all()

@@ -143,6 +143,9 @@ def tile_texts(index_path: Path, summaries_path: Path, template: str, levels: li
         except HistosynthError as exc:
             raise HistosynthError(f"{index_path}: tile {row.tile_id}: {exc}") from None
     tiles = tiles.assign(tile_key=index_keys(tiles))[["tile_id", "tile_key", "case_id", "split"]].copy()
+    repeated = tiles["tile_key"][tiles["tile_key"].duplicated()]
+    if len(repeated):  # embeddings are joined by key: a repeated key would give a tile another tile's text
+        raise HistosynthError(f"{index_path}: duplicate tiles ({repeated.iloc[0]})")
     tiles["text"] = texts
     tiles["text_hash"] = [text_hash(t) for t in texts]
     return tiles
