@@ -235,3 +235,18 @@ def test_cli_invalid_override_is_one_line_and_exit_2(tmp_path, sample_dir):
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "slides.min_tissue" in lines[0] and "Traceback" not in out.stderr
     assert not (tmp_path / "ws" / "tiles").exists()
+
+
+@pytest.mark.unit
+def test_quiet_and_debug_hold_for_one_in_process_command(tmp_path, capsys):
+    """`-q --debug` through the app in-process (CliRunner, a notebook) must not silence what follows."""
+    from typer.testing import CliRunner
+
+    from histosynth.cli import app
+    from histosynth.console import console_state, info
+
+    result = CliRunner().invoke(app, ["-q", "--debug", "sample-data", str(tmp_path / "s")])
+    assert result.exit_code == 0, result.output
+    assert console_state() == {"quiet": False, "debug": False}
+    info("still heard")
+    assert "still heard" in capsys.readouterr().err

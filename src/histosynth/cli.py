@@ -17,7 +17,8 @@ import typer
 
 from . import __version__
 from .config import ConfigError
-from .console import HistosynthError, error, is_debug, set_debug, set_quiet
+from .console import (HistosynthError, console_state, error, restore_console_state, set_debug,
+                      set_quiet)
 
 # Pipeline order; each module's register(app) adds the commands of its stage.
 STAGE_CLIS = (
@@ -57,10 +58,15 @@ def _version(value: bool) -> None:
 
 
 def _main(
+    ctx: typer.Context,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or info messages."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks on errors."),
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
 ) -> None:
+    # The flags hold for this command only: when the app is called in-process (CliRunner, notebooks),
+    # a `-q` must not silence the library calls that come after it.
+    before = console_state()
+    ctx.call_on_close(lambda: restore_console_state(before))
     set_quiet(quiet)
     set_debug(debug)
 
@@ -106,13 +112,14 @@ def main() -> None:
     # Two cores: never let torch, BLAS and loader workers oversubscribe them by default.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     app = build_app(modules_for(sys.argv[1:]))
+    debug = "--debug" in sys.argv[1:]  # read here: the app restores the console flags when it returns
     try:
         app(standalone_mode=False)
     except ConfigError as exc:
         error(str(exc))
         sys.exit(2)
     except HistosynthError as exc:
-        if is_debug():
+        if debug:
             raise
         error(str(exc))
         sys.exit(exc.exit_code)
@@ -128,7 +135,7 @@ def main() -> None:
         if _is_click_error(exc):  # usage errors name the option and what it expects ("--budget abc")
             error(exc.format_message())
             sys.exit(exc.exit_code)
-        if is_debug():
+        if debug:
             raise
         error(f"{exc.__class__.__name__}: {exc} (rerun with --debug for the traceback)")
         sys.exit(1)

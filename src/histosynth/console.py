@@ -83,6 +83,14 @@ def set_quiet(quiet: bool) -> None:
     _state["quiet"] = quiet
 
 
+def console_state() -> dict:
+    return dict(_state)
+
+
+def restore_console_state(state: dict) -> None:
+    _state.update(state)
+
+
 def set_debug(debug: bool) -> None:
     _state["debug"] = debug
 
