@@ -42,6 +42,11 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 KATHER_SUBSETS = (("kather2016_tiles_original", 0.495), ("kather2016_tiles_tfds_resized224", 0.495 * 150 / 224))
 TEMPLATES = {"class": "{label}"}      # the tile's class folder as its condition text
+WHAT = ("2 text encoders (minilm real, random-clip random tower) x 2 fields (class text '{label}' vs none) x 2 seeds "
+        "on the real Kather 2016 H&E tiles (null cell: the baseline with seeds + 1000, when on); one shared VAE; each "
+        "(cell, seed) trained in its own process, sampled once per test tile (up to n), evaluated with "
+        "evaluate.metrics and the per-image prompt_margin / stain_error")
+NOTE = "random-clip is a randomly initialised tower: its cells check the machinery, no conclusion about CLIP"
 
 
 @dataclass
@@ -81,6 +86,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="where the results go (default benchmarks/results; --quick: WORK/results)")
     p.add_argument("--no-null-cell", action="store_true", help="leave out the null cell (2 trainings fewer)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each training process")
+    p.add_argument("--encoders", default="minilm,random-clip",
+                   help="a subset runs part of the grid (e.g. a second process on a copy of the workspace)")
+    p.add_argument("--fields", default="class,none", help="a subset runs part of the grid")
+    p.add_argument("--seeds", default="0,1", help="a subset runs part of the grid")
+    p.add_argument("--merge", type=Path, nargs="*", default=None,
+                   help="analyse the finished (cell, seed)s of WORK and of these other WORK folders together")
     return p.parse_args(argv)
 
 
@@ -239,6 +250,13 @@ def main(argv=None) -> dict:
     spec = ablate.load_grid(None, encoders=["minilm", "random-clip"], fields=["class", "none"], seeds=[0, 1],
                             templates=TEMPLATES, n=sizes.n_images, split="test", threads=args.threads,
                             null_cell=not args.no_null_cell)
+    if args.merge is not None:
+        return merge(ws, cfg, spec, [work, *args.merge], dest, settings)
+    part = {"encoders": [e for e in args.encoders.split(",") if e], "fields": [f for f in args.fields.split(",") if f],
+            "seeds": [int(x) for x in args.seeds.split(",") if x]}
+    if any(part[k] != getattr(spec, k) for k in part):
+        spec = spec.model_copy(update=part)
+        dest = work / "results"   # a part of the grid: its table is not the result
     stages = Stages(work / "stages", json.dumps([settings, asdict(sizes)]))
     started, cpu0, load0 = time.perf_counter(), cpu_seconds(), load_average()
     stages("workspace", lambda: build_workspace(ws, cfg, sizes, work), key=json.dumps([COMMON, sizes.max_tiles]))
@@ -251,10 +269,7 @@ def main(argv=None) -> dict:
                  "cpu_s": round(sum(r["cpu_s"] for r in stages.records), 1)}
     grid = read_json(ws.ablation_dir / ablate.GRID_FILE)
     summary = {
-        "what": "2 text encoders (minilm real, random-clip random tower) x 2 fields (class text '{label}' vs none) x "
-                "2 seeds on the real Kather 2016 H&E tiles, plus the null cell (baseline with seeds 1000, 1001); "
-                "one shared VAE; each (cell, seed) trained in its own process, sampled once per test tile, evaluated "
-                "with every weight-free metric of `histosynth evaluate` and per-image prompt_margin / stain_error",
+        "what": WHAT,
         "quick": args.quick, "sizes": asdict(sizes), "config_overrides": settings, "grid": spec.model_dump(),
         "torch_threads_per_training": args.threads,
         "stages": stages.records,
@@ -263,7 +278,7 @@ def main(argv=None) -> dict:
                             "load_before": load0, "load_after": load1},
         "machine": {"cpus": os.cpu_count()},
         "baseline": grid["baseline"], "sentences": grid["sentences"],
-        "note": "random-clip is a randomly initialised tower: its cells check the machinery, no conclusion about CLIP",
+        "note": NOTE,
     }
     copy_results(ws, dest, summary)
     for r in stages.records:
@@ -272,6 +287,44 @@ def main(argv=None) -> dict:
     print(f"  {'total':<12} wall {first_run['wall_s']:>7.1f} s  CPU {first_run['cpu_s']:>7.1f} s")
     print(f"load average before {load0}, after {load1}")
     for axis, sentence in grid["sentences"].items():
+        print(f"- {sentence}")
+    print(f"results: {dest}/ablate-kather*")
+    return summary
+
+
+def merge(ws, cfg, spec, works: list[Path], dest: Path, settings: list[str]) -> dict:
+    """The grid's analysis over the (cell, seed)s finished in several copies of the workspace (each ran
+    a part of the grid in its own process, on the same VAE, latents, random tower and config)."""
+    import pandas as pd
+
+    from histosynth.experiments import ablate
+    from histosynth.fileio import read_json
+
+    cells = ablate.grid_cells(spec, cfg)
+    base = ablate.baseline_cell(spec, cells)
+    cells = ablate.with_null_cell(spec, cells, base)
+    rows, images, stage_records = [], [], []
+    for cell in cells:
+        for rank, seed in enumerate(cell.seeds(spec.seeds)):
+            found = [w / "workspace" / "ablation" / cell.name / f"seed-{seed}" for w in works]
+            found = [f for f in found if (f / ablate.CELL_FILE).exists() and (f / "per_image.csv").exists()]
+            if not found:
+                raise SystemExit(f"ablate-kather: --merge: {cell.name} seed {seed} is finished in none of {works}")
+            rows.append({**read_json(found[0] / ablate.CELL_FILE), "seed_rank": rank})
+            images.append(pd.read_csv(found[0] / "per_image.csv").assign(cell=cell.name, seed=seed, seed_rank=rank))
+    encoders = {e: {"kind": "real" if e in ablate.REAL_OFFLINE_ENCODERS else "random"} for e in spec.encoders}
+    ablate.analyse(rows, images, cells, base, spec, encoders, ws.ablation_dir)
+    for w in works:
+        for marker in sorted((w / "stages").glob("*.json")):
+            stage_records.append({**read_json(marker), "work": str(w)})
+    # a part stopped once its cells were done (the other copy ran the rest) records its own times here
+    timing = [{**read_json(f), "work": str(w)} for w in works for f in sorted(w.glob("process-*.json"))]
+    grid = read_json(ws.ablation_dir / ablate.GRID_FILE)
+    summary = {"what": WHAT, "config_overrides": settings, "grid": spec.model_dump(),
+               "stage_records": stage_records, "processes": timing, "baseline": grid["baseline"],
+               "sentences": grid["sentences"], "note": NOTE}
+    copy_results(ws, dest, summary)
+    for sentence in grid["sentences"].values():
         print(f"- {sentence}")
     print(f"results: {dest}/ablate-kather*")
     return summary
