@@ -49,7 +49,9 @@ def test_comparisons_flag_the_shift_not_the_copy_and_say_so():
     comparisons = ablate.compare_cells(images, cells, cells[0])
     flagged = set(comparisons.loc[comparisons["outside_noise"], "cell"])
     assert flagged == {"b35_minilm_none_full"}
-    assert (comparisons["p_holm"] >= comparisons["p"]).all()
+    judged = comparisons[comparisons["kind"] != "seed-info"]
+    assert (judged["p_holm"] >= judged["p"]).all() and (judged["seed_df"] == 3).all()  # 3 cells x (2 - 1) seeds
+    assert comparisons.loc[comparisons["kind"] == "seed-info", "p_holm"].isna().all()   # information, no verdict
     encoders = {"minilm": {"kind": "real"}, "random-clip": {"kind": "random"}}
     sentences = ablate.axis_sentences(comparisons, cells, cells[0], encoders)
     assert sentences["fields"].startswith("fields (baseline summary): outside the noise: none")

@@ -1,7 +1,7 @@
 """The ablation grid: summary budget x text encoder x condition fields x summary content x seed.
 
     histosynth ablate -w WS --budgets 20,35 --encoders minilm,random-clip --fields summary,summary+tumor-til \
-        --contents full,no-type --seeds 0,1 [--grid grid.yaml] [--baseline b35_minilm_summary_full]
+        --contents full,no-type --seeds 0,1 [--grid grid.yaml] [--baseline b35_minilm_summary_full] [--null-cell]
 
 A *cell* is one combination of the non-seed axes; each cell is trained once per seed. Every
 (cell, seed) trains in its own process (`histosynth train`, 1-2 threads), so its memory figure is
@@ -25,9 +25,15 @@ Axes
   findings, `reports.findings`) in a derived workspace that shares tiles, reports, VAE and latents;
 - seeds: training seeds.
 
+The null cell (`--null-cell`, YAML `null_cell: true`): a copy of the baseline cell trained with
+other seeds (each seed + NULL_SEED_OFFSET), compared with the baseline like any cell. It differs
+from the baseline by training noise only, so it must not be flagged: the grid's negative control.
+
 Statistics (histosynth.experiments.stats): mean ± sd over seeds, bootstrap 95 % intervals over
-images, Wilcoxon signed-rank of each cell against the baseline cell, paired over prompt x seed,
-Holm-corrected; a sentence per axis names the differences outside the noise.
+images; each cell against the baseline by a Wilcoxon signed-rank test paired over prompt x seed
+(Holm-corrected) AND a seed-level t-test on per-seed means (seeds are the replicate unit of
+training noise); a sentence per axis names the differences outside the noise and the null cell's
+verdict. The baseline's seed-vs-seed Wilcoxon rows are kept for information, never a verdict.
 """
 
 from __future__ import annotations
@@ -72,6 +78,8 @@ RANDOM_ENCODERS = ("random-clip", "random-bert")
 PER_IMAGE = ("prompt_margin", "stain_error")  # per-image fidelity to the conditioning text / tile (lower is better)
 CELL_FILE = "cell.json"          # one (cell, seed)'s figures, in WS/ablation/<cell>/seed-<s>/
 GRID_FILE = "grid.json"          # the grid's comparisons and sentences, in WS/ablation/
+NULL_SEED_OFFSET = 1000          # the null cell trains with seed + 1000: the baseline's recipe, other seeds
+NULL_SUFFIX = "_null"            # the null cell's name: the baseline's + this
 RANDOM_NOTE = ("Encoders marked 'random' are randomly initialised towers (no weights offline): their cells check "
                "the machinery and support no conclusion about that encoder.")
 
@@ -91,6 +99,7 @@ class GridSpec(BaseModel):
     split: str = "test"                       # whose tiles condition the images (and are the real set)
     sample_seed: int = 0                      # the same conditioning tiles and noise in every cell
     threads: int = Field(1, ge=1, le=64)      # torch threads of each training process
+    null_cell: bool = False                   # add a copy of the baseline with other seeds: the noise check
 
 
 @dataclass(frozen=True)
@@ -99,13 +108,18 @@ class Cell:
     encoder: str
     fields: str
     content: str
+    null: bool = False     # the null cell: the baseline's recipe trained with other seeds
 
     @property
     def name(self) -> str:
-        return f"b{self.budget}_{_slug(self.encoder)}_{self.fields}_{self.content}"
+        return f"b{self.budget}_{_slug(self.encoder)}_{self.fields}_{self.content}" + (NULL_SUFFIX if self.null else "")
 
     def axes(self) -> dict[str, Any]:
-        return {"budget": self.budget, "encoder": self.encoder, "fields": self.fields, "content": self.content}
+        axes = {"budget": self.budget, "encoder": self.encoder, "fields": self.fields, "content": self.content}
+        return {**axes, "null": True} if self.null else axes   # ordinary cells keep their resume keys
+
+    def seeds(self, seeds: Sequence[int]) -> list[int]:
+        return [s + NULL_SEED_OFFSET for s in seeds] if self.null else list(seeds)
 
 
 def _slug(text: str) -> str:
@@ -158,6 +172,16 @@ def baseline_cell(spec: GridSpec, cells: list[Cell]) -> Cell:
     raise ConfigError(f"--baseline {spec.baseline}: no such cell; cells are {', '.join(c.name for c in cells)}")
 
 
+def with_null_cell(spec: GridSpec, cells: list[Cell], base: Cell) -> list[Cell]:
+    """The grid's cells plus, with `null_cell`, the baseline's copy trained with other seeds."""
+    if not spec.null_cell:
+        return cells
+    if max(spec.seeds) >= NULL_SEED_OFFSET:
+        raise ConfigError(f"--null-cell: seeds must be below {NULL_SEED_OFFSET} (the null cell trains with seed + "
+                          f"{NULL_SEED_OFFSET})")
+    return cells + [Cell(base.budget, base.encoder, base.fields, base.content, null=True)]
+
+
 # ---- running ------------------------------------------------------------------------------------
 def run_grid(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, preset: str | None = None,
              overrides: Sequence[str] = ()) -> Path:
@@ -167,6 +191,7 @@ def run_grid(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, preset: str |
     ws.require(ws.reports_path, "reports")
     cells = grid_cells(spec, cfg)
     base = baseline_cell(spec, cells)
+    cells = with_null_cell(spec, cells, base)
     log = WorkLog(ws.status_path(out))
     with recording("ablate", out, config=cfg, seeds={f"seed{s}": s for s in spec.seeds}) as manifest:
         manifest.results.update(grid=spec.model_dump(), preset=preset, overrides=list(overrides))
@@ -175,7 +200,7 @@ def run_grid(ws: Workspace, cfg: HistoSynthConfig, spec: GridSpec, preset: str |
         populations = prompt_populations(ws)
         rows, images = [], []
         for cell in cells:
-            for rank, seed in enumerate(spec.seeds):
+            for rank, seed in enumerate(cell.seeds(spec.seeds)):
                 row, per_image = run_cell(ws, cfg, spec, cell, seed, encoders[cell.encoder], log, populations)
                 rows.append({**row, "seed_rank": rank})
                 images.append(per_image.assign(cell=cell.name, seed=seed, seed_rank=rank))
@@ -487,33 +512,41 @@ def _paired(per_image, a: str, b: str, metric: str, seed_a: int | None = None, s
     return merged[f"{metric}_a"].to_numpy(), merged[f"{metric}_b"].to_numpy()
 
 
+def seed_means(per_image, metric: str) -> dict[str, list[float]]:
+    """Per cell, the mean per-image metric of each training seed (the replicate of training noise)."""
+    grouped = per_image.groupby(["cell", "seed_rank"])[metric].mean()
+    return {cell: grouped.loc[cell].tolist() for cell in grouped.index.get_level_values(0).unique()}
+
+
 def compare_cells(per_image, cells: list[Cell], base: Cell):
-    """Every cell vs the baseline and the baseline's seeds against each other, Holm-corrected together."""
+    """Every cell (the null cell too) vs the baseline: per-image Wilcoxon, Holm-corrected over the grid,
+    and the seed-level t-test; the baseline's seed-vs-seed Wilcoxon rows are information ("seed-info")."""
     import pandas as pd
 
     records = []
     ranks = sorted(per_image.loc[per_image["cell"] == base.name, "seed_rank"].unique())
     for metric in PER_IMAGE:
-        for i, j in itertools.combinations(ranks, 2):   # the training noise: same cell, other seed
+        means = seed_means(per_image, metric)
+        sd, df = stats.pooled_seed_sd(means)
+        for i, j in itertools.combinations(ranks, 2):   # two models of one recipe: they differ, image by image
             a, b = _paired(per_image, base.name, base.name, metric, i, j)
             records.append({"cell": f"{base.name} seed#{j}", "vs": f"{base.name} seed#{i}", "metric": metric,
-                            "kind": "seed-noise", **stats.wilcoxon_paired(b, a)})
+                            "kind": "seed-info", **stats.wilcoxon_paired(b, a)})
         for cell in cells:
             if cell == base:
                 continue
             a, b = _paired(per_image, cell.name, base.name, metric)
-            records.append({"cell": cell.name, "vs": base.name, "metric": metric, "kind": "cell",
-                            **stats.wilcoxon_paired(a, b)})
+            records.append({"cell": cell.name, "vs": base.name, "metric": metric,
+                            "kind": "null" if cell.null else "cell", **stats.wilcoxon_paired(a, b),
+                            **stats.seed_level_test(means.get(cell.name, []), means.get(base.name, []), sd, df)})
     table = pd.DataFrame(records)
     if table.empty:
         return table
-    table["p_holm"] = stats.holm(table["p"].tolist())
-    noise = {m: float(table[(table["kind"] == "seed-noise") & (table["metric"] == m)]["median_diff"].abs().max())
-             if ((table["kind"] == "seed-noise") & (table["metric"] == m)).any() else math.nan for m in PER_IMAGE}
-    table["seed_noise"] = table["metric"].map(noise)
-    table["outside_noise"] = [
-        stats.outside_noise(r.p_holm, r.median_diff, None if r.kind == "seed-noise" else r.seed_noise)
-        for r in table.itertuples()]
+    verdict = table["kind"] != "seed-info"      # the Holm family: the comparisons that get a verdict
+    table["p_holm"] = math.nan
+    table.loc[verdict, "p_holm"] = stats.holm(table.loc[verdict, "p"].tolist())
+    table["outside_noise"] = [bool(v) and stats.outside_noise(r.p_holm, r.seed_p)
+                              for v, r in zip(verdict, table.itertuples())]
     return table
 
 
@@ -528,7 +561,7 @@ def axis_sentences(comparisons, cells: list[Cell], base: Cell, encoders: dict) -
     """Per axis with two or more values: which cells differ from the baseline outside the noise."""
     out = {}
     for axis in AXES:
-        along = [c for c in cells if c != base and getattr(c, axis) != getattr(base, axis)
+        along = [c for c in cells if c != base and not c.null and getattr(c, axis) != getattr(base, axis)
                  and _only_differs_in(c, base, axis)]
         if not along:
             continue
@@ -537,8 +570,7 @@ def axis_sentences(comparisons, cells: list[Cell], base: Cell, encoders: dict) -
             rows = comparisons[(comparisons["cell"] == cell.name) & comparisons["outside_noise"]]
             label = str(getattr(cell, axis))
             if len(rows):
-                parts = ", ".join(f"{r.metric} {r.median_diff:+.4f} (Holm p={r.p_holm:.2g})" for r in rows.itertuples())
-                flagged.append(f"{label} ({parts})")
+                flagged.append(f"{label} ({', '.join(_evidence(r) for r in rows.itertuples())})")
             else:
                 quiet.append(label)
         text = f"{axis} (baseline {getattr(base, axis)}): "
@@ -547,15 +579,32 @@ def axis_sentences(comparisons, cells: list[Cell], base: Cell, encoders: dict) -
             text += "Within the noise: " + ", ".join(quiet) + "."
         if axis == "encoder" and any(encoders[c.encoder]["kind"] == "random" for c in along + [base]):
             text += " Random towers: a machinery check, no conclusion about those encoders."
-        seed = comparisons[comparisons["kind"] == "seed-noise"]
-        if len(seed):
-            text += f" (Training noise: seed vs seed of the baseline, {'flagged' if seed['outside_noise'].any() else 'not flagged'}.)"
-        out[axis] = text.strip()
+        out[axis] = f"{text.strip()} {noise_sentence(comparisons)}"
     return out
 
 
+def _evidence(r) -> str:
+    seed = "" if math.isnan(r.seed_p) else f", seed-level p={r.seed_p:.2g}"
+    return f"{r.metric} {r.median_diff:+.4f} (Holm p={r.p_holm:.2g}{seed})"
+
+
+def noise_sentence(comparisons) -> str:
+    """How training noise was judged: the seed-level df, and the null cell's verdict if there is one."""
+    judged = comparisons[comparisons["kind"] != "seed-info"]
+    if judged.empty or judged["seed_df"].max() == 0:
+        text = f"({stats.ONE_SEED_NOTE}"
+    else:
+        text = f"(Training noise from {int(judged['seed_df'].max())} seed df"
+    null = comparisons[comparisons["kind"] == "null"]
+    if len(null):
+        text += (f"; noise check, a copy of the baseline with other seeds: "
+                 f"{'FLAGGED, so the noise is underestimated' if null['outside_noise'].any() else 'not flagged'}")
+    return text + ".)"
+
+
 def markdown(table, comparisons, sentences: dict, base: Cell, encoders: dict) -> str:
-    lines = ["# Ablation grid", "", f"Baseline cell: `{base.name}`. Paired test: {stats.TEST_NAME}.", ""]
+    lines = ["# Ablation grid", "", f"Baseline cell: `{base.name}`. Paired test: {stats.TEST_NAME}; "
+             f"seed-level gate: {stats.SEED_TEST_NAME}.", ""]
     if any(e["kind"] == "random" for e in encoders.values()):
         lines += [f"**{RANDOM_NOTE}**", ""]
     cols = [c[:-5] for c in table if c.endswith("_mean") and not _detail(c[:-5])]
@@ -574,17 +623,36 @@ def markdown(table, comparisons, sentences: dict, base: Cell, encoders: dict) ->
               "(each run's eval/report.md says why); every metric's inputs are in table.csv. prompt_margin: per image, standardised HED distance "
               "to its own report's real tiles minus that to the nearest other report's (negative: the text is "
               "followed); stain_error: HED distance to the conditioning tile (both: lower is better).", "", "## Paired comparisons", "",
-              "| cell | vs | metric | pairs | median diff | p | Holm p | outside noise |", "|---|---|---|---|---|---|---|---|"]
+              "| cell | vs | metric | pairs | median diff | p | Holm p | seed-level diff | t (df) | seed-level p "
+              "| outside noise |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in comparisons.itertuples():
-        lines.append(f"| {r.cell} | {r.vs} | {r.metric} | {r.n_pairs} | {r.median_diff:+.4g} | {r.p:.3g} | "
-                     f"{r.p_holm:.3g} | {'yes' if r.outside_noise else 'no'} |")
+        if r.kind == "seed-info":   # information only: two models of one recipe differ image by image
+            lines.append(f"| {r.cell} | {r.vs} | {r.metric} | {r.n_pairs} | {r.median_diff:+.4g} | {r.p:.3g} | "
+                         "- | - | - | - | (information) |")
+            continue
+        seed = ("n/a (one seed) | n/a | n/a" if math.isnan(r.seed_p) else
+                f"{r.seed_diff:+.4g} | {r.seed_t:.2f} ({int(r.seed_df)}) | {r.seed_p:.3g}")
+        name = f"{r.cell} (null: baseline, other seeds)" if r.kind == "null" else r.cell
+        lines.append(f"| {name} | {r.vs} | {r.metric} | {r.n_pairs} | {r.median_diff:+.4g} | {r.p:.3g} | "
+                     f"{r.p_holm:.3g} | {seed} | {'yes' if r.outside_noise else 'no'} |")
+    lines += ["", f"Outside the noise: Holm p < 0.05 (images differ) and seed-level p < 0.05 ({stats.SEED_TEST_NAME}: "
+              "seeds are the replicate unit of training noise). Rows marked (information): the baseline's seeds "
+              "compared image by image; two trained models differ, so these are no verdict."]
     lines += ["", "## Per axis", ""] + [f"- {s}" for s in sentences.values()]
     return "\n".join(lines) + "\n"
 
 
+# Parts of a column name that mark an input, a protocol setting, a reference that does not depend on
+# the cell, or a secondary figure: kept in table.csv, left out of table.md so that it stays readable.
+DETAIL_PARTS = ("mean_real", "mean_fake", "threshold", "n_train", "train.n", "test_nn", "protocol", "n_per_side",
+                "chance", "ceiling", "requested_counts", "real_reference", "_median", ".memorization_near_copy_share",
+                "bin_accuracy", "shuffled_control", "train_on_real", "stain.w1_")
+DETAIL_SUFFIXES = (".n", ".w1", "near_copies")
+
+
 def _detail(column: str) -> bool:
-    """Columns kept in table.csv but left out of table.md (inputs of a metric, not results)."""
-    return any(part in column for part in ("mean_real", "mean_fake", "threshold", "n_train", "train.n", "test_nn"))
+    """Columns kept in table.csv but left out of table.md."""
+    return any(part in column for part in DETAIL_PARTS) or column.endswith(DETAIL_SUFFIXES)
 
 
 def plot_axes(table, cells: list[Cell], base: Cell, out: Path) -> list[Path]:
@@ -594,13 +662,14 @@ def plot_axes(table, cells: list[Cell], base: Cell, out: Path) -> list[Path]:
     plt = _pyplot()
     paths = []
     for axis in AXES:
-        along = [base] + [c for c in cells if c != base and _only_differs_in(c, base, axis)
+        along = [base] + [c for c in cells if c != base and not c.null and _only_differs_in(c, base, axis)
                           and getattr(c, axis) != getattr(base, axis)]
         if len(along) < 2:
             continue
+        along += [c for c in cells if c.null]   # the noise check beside the axis
         rows = table.set_index("cell").loc[[c.name for c in along]]
         fig, axes = plt.subplots(1, len(PER_IMAGE), figsize=(3.8 * len(PER_IMAGE), 3.2), squeeze=False)
-        labels = [str(getattr(c, axis)) for c in along]
+        labels = ["null copy" if c.null else str(getattr(c, axis)) for c in along]
         for ax, metric in zip(axes[0], PER_IMAGE):
             mean = rows[f"{metric}_mean"].to_numpy()
             lo = mean - rows[f"{metric}_ci_lo"].fillna(rows[f"{metric}_mean"]).to_numpy()

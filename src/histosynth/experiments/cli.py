@@ -48,6 +48,9 @@ def ablate(
     n_samples: Optional[int] = typer.Option(None, "--n", help="Images per cell and seed (default: one per split tile)."),
     split: Optional[str] = typer.Option(None, "--split", help="Split whose tiles condition the images (default test)."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Torch threads per training process (default 1)."),
+    null_cell: Optional[bool] = typer.Option(None, "--null-cell/--no-null-cell",
+                                             help="Add a copy of the baseline trained with other seeds (seed + 1000): "
+                                                  "the noise check, which must not be flagged."),
     preset: Optional[str] = PresetOpt,
     config: Optional[Path] = ConfigOpt,
     overrides: list[str] = SetOpt,
@@ -60,7 +63,8 @@ def ablate(
         seed_list = list(range(seed_list[0]))  # `--seeds 3` means seeds 0, 1, 2
     spec = load_grid(grid, budgets=_csv("--budgets", budgets, int), encoders=_csv("--encoders", encoders),
                      fields=_csv("--fields", fields), contents=_csv("--contents", contents), seeds=seed_list,
-                     baseline=baseline, n=n_samples, split=split, threads=threads)
+                     baseline=baseline, n=n_samples, split=split, threads=threads,
+                     null_cell=null_cell)
     from ..workspace import Workspace
 
     Workspace(workspace).require(Workspace(workspace).tile_index_path, "tile")  # before any file is written
