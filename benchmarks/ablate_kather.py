@@ -159,7 +159,6 @@ def build_workspace(ws, cfg, sizes: Sizes, work: Path) -> None:
         failed = tile_slides(ws, cfg, [path], assume_mpp=mpp).get("failed")
         if failed:
             raise SystemExit(f"ablate-kather: tiling failed: {failed}")
-    key_by_source_image(ws)
     if sizes.max_tiles:
         keep_some_tiles(ws, sizes.max_tiles)
     index = read_index(ws)
@@ -173,27 +172,6 @@ def build_workspace(ws, cfg, sizes: Sizes, work: Path) -> None:
     with atomic_path(reports) as tmp:
         tmp.write_text(buf.getvalue())
     ingest_reports(ws, cfg, reports)
-
-
-def key_by_source_image(ws) -> None:
-    """Give the index a `tile_key` column naming each tile's source image.
-
-    Work-around: the default key (histosynth.slides.keys, `slide_id:x:y:size:mpp`) takes a tile
-    dataset folder as one slide, so the same (x, y) in two images of the folder gets one key (488 of
-    the 496 Kather tiles collide) and `encode` refuses the index. The key read from this column adds
-    the image (`source`), which is what tells the pixels apart.
-    """
-    from histosynth.fileio import atomic_path
-    from histosynth.slides.index import read_index
-    from histosynth.slides.keys import KEY_COLUMN, tile_key
-
-    index = read_index(ws)
-    index[KEY_COLUMN] = [tile_key(f"{slide}/{source}", x, y, size, mpp) for slide, source, x, y, size, mpp
-                         in zip(index["slide_id"], index["source"], index["x"], index["y"], index["size"], index["mpp"])]
-    if index[KEY_COLUMN].duplicated().any():
-        raise SystemExit(f"ablate-kather: {ws.tile_index_path}: tiles of one source image share a key")
-    with atomic_path(ws.tile_index_path) as tmp:
-        index.to_parquet(tmp, index=False)
 
 
 def keep_some_tiles(ws, max_tiles: int) -> None:
