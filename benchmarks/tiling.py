@@ -12,12 +12,17 @@ Descriptor throughput (slides/descriptors.py, computed when tiling unless slides
 the tiling rows compare the loop with histosynth without descriptors (the same work) and show
 histosynth with them beside; then `describe` alone on tiles of the real slide per tile size.
 
-    .venv/bin/python benchmarks/tiling.py [--workdir DIR] [--size 256] [--skip-large]
+Each run also reports its CPU time per kept tile (all threads of this process): on a shared machine
+wall time follows the other processes' load, CPU time much less (the loop uses one thread,
+histosynth `slides.threads`). The load average is printed beside every row.
+
+    .venv/bin/python benchmarks/tiling.py [--workdir DIR] [--size 256] [--skip-large] [--mpps 0.5,1.0]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -121,19 +126,25 @@ def compare(name: str, slide_path: Path, mpp: float, size: int, workdir: Path, m
     for label, fn in (("loop", straightforward_loop), ("histosynth", histosynth_tile), ("+descriptors", with_descriptors)):
         out = workdir / f"{name}-{mpp}-{label}"
         shutil.rmtree(out, ignore_errors=True)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         tiles = fn(slide_path, mpp, size, min_tissue, out)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         row[label] = (tiles, seconds, tiles / seconds)
+        row[label + " cpu ms/tile"] = 1e3 * cpu / max(tiles, 1)
         shutil.rmtree(out, ignore_errors=True)
     row["ratio"] = row["histosynth"][2] / row["loop"][2]
     row["wall_ratio"] = row["loop"][1] / row["histosynth"][1]  # same grid, whatever each filter keeps
     print(f"{name:<18} {mpp:>4} um/px | loop {row['loop'][0]:>5} tiles {row['loop'][1]:7.1f} s "
           f"{row['loop'][2]:7.1f} tiles/s | histosynth {row['histosynth'][0]:>5} tiles {row['histosynth'][1]:7.1f} s "
           f"{row['histosynth'][2]:7.1f} tiles/s | ratio {row['ratio']:.2f}x (wall time {row['wall_ratio']:.2f}x) | "
-          f"with descriptors {row['+descriptors'][2]:7.1f} tiles/s",
-          flush=True)
+          f"with descriptors {row['+descriptors'][2]:7.1f} tiles/s | CPU ms/tile: loop "
+          f"{row['loop cpu ms/tile']:.1f}, histosynth {row['histosynth cpu ms/tile']:.1f}, with descriptors "
+          f"{row['+descriptors cpu ms/tile']:.1f} | load {load()}", flush=True)
     return row
+
+
+def load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
 
 
 def descriptor_throughput(slide_path: Path, sizes=(64, 128, 256), n: int = 64) -> dict[int, float]:
@@ -150,10 +161,12 @@ def descriptor_throughput(slide_path: Path, sizes=(64, 128, 256), n: int = 64) -
         tiles = np.stack([region[(i // per_row) * size % 1024:][:size, (i % per_row) * size:][:, :size]
                           for i in range(n)])
         describe(tiles[:2], 0.5)                                   # warm-up
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         describe(tiles, 0.5)
         out[size] = n / (time.perf_counter() - t0)
-        print(f"descriptors {size:>4} px tiles: {out[size]:7.1f} tiles/s (one core)", flush=True)
+        cpu_ms = 1e3 * (time.process_time() - cpu0) / n
+        print(f"descriptors {size:>4} px tiles: {out[size]:7.1f} tiles/s (one thread), {cpu_ms:.1f} CPU ms/tile "
+              f"| load {load()}", flush=True)
     return out
 
 
@@ -162,6 +175,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "histosynth-bench-tiling")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--skip-large", action="store_true", help="only the small real slide")
+    parser.add_argument("--mpps", default="0.5,1.0", help="target um/px, comma-separated")
     args = parser.parse_args()
     from histosynth.console import HistosynthError
 
@@ -170,16 +184,19 @@ def main() -> None:
     except HistosynthError as exc:
         raise SystemExit(str(exc)) from None
     args.workdir.mkdir(parents=True, exist_ok=True)
-    print(f"tile {args.size} px, min tissue 0.5; tiles/s = kept tiles / wall time (2 cores, shared)")
+    mpps = [float(m) for m in args.mpps.split(",")]
+    print(f"tile {args.size} px, min tissue 0.5; tiles/s = kept tiles / wall time (2 cores, shared); load {load()}")
     for fn in (straightforward_loop, histosynth_tile):  # warm-up: imports and file cache, not measured
         fn(slide, 1.0, args.size, 0.5, args.workdir / "warm-up")
         shutil.rmtree(args.workdir / "warm-up")
-    rows = [compare("CMU-1-Small-Region", slide, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+    histosynth_tile(slide, 1.0, args.size, 0.5, args.workdir / "warm-up", descriptors=True)
+    shutil.rmtree(args.workdir / "warm-up")
+    rows = [compare("CMU-1-Small-Region", slide, mpp, args.size, args.workdir) for mpp in mpps]
     if not args.skip_large:
         t0 = time.perf_counter()
         large = build_large_slide(args.workdir / "large-20k.tiff")
         print(f"large slide {large} ({large.stat().st_size / 1e6:.0f} MB) ready in {time.perf_counter() - t0:.0f} s")
-        rows += [compare("large-20k-4-levels", large, mpp, args.size, args.workdir) for mpp in (0.5, 1.0)]
+        rows += [compare("large-20k-4-levels", large, mpp, args.size, args.workdir) for mpp in mpps]
     descriptor_throughput(slide)
     print("ratios (histosynth / loop, tiles/s): "
           + ", ".join(f"{r['slide']} @ {r['mpp']}: {r['ratio']:.2f}x" for r in rows))
