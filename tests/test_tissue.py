@@ -148,3 +148,36 @@ def test_lymphocyte_sheets_are_never_blue_or_black_ink():
                 assert not found["blue"].any() and not found["black"].any(), (path.name, scale)
             n += 1
     assert n >= 15
+
+
+def plain_stained(rgb: np.ndarray, mpp: float, sat_threshold: float) -> np.ndarray:
+    """The pixel rule as first written (3x3 median of HSV saturation, grey = channel mean): the
+    reference that the faster `stained` must equal pixel for pixel."""
+    from scipy.ndimage import median_filter, uniform_filter
+
+    from histosynth.slides import tissue
+
+    rgbf = rgb.astype(np.float32)
+    top, low = rgbf.max(-1), rgbf.min(-1)
+    mask = median_filter(np.where(top > 0, (top - low) / np.maximum(top, 1e-6), 0.0), size=3) > sat_threshold
+    if mpp <= tissue.TEXTURE_MAX_UM:
+        grey = rgbf.mean(-1)
+        mean = uniform_filter(grey, 3)
+        mask |= np.sqrt(np.maximum(uniform_filter(grey * grey, 3) - mean * mean, 0)) > tissue.TEXTURE_STD
+    inks, tint = tissue._ink_and_tint(rgb, mpp)
+    return mask & ~tint & ~np.logical_or.reduce(list(inks.values()))
+
+
+@pytest.mark.unit
+def test_fast_pixel_rule_equals_the_plain_one_on_real_tiles(cmu1):
+    from PIL import Image
+
+    from histosynth.slides.tissue import TILE_SAT, stained
+
+    tiles = [(cmu1[y:y + 256, x:x + 256], MPP0) for y in range(0, 2700, 400) for x in range(0, 1950, 400)]
+    tiles += [(at_mpp(cmu1[:1024, :1024], 2.0), 2.0)]  # coarse: no texture term
+    for path in sorted(shared_file("tiles/kather2016_tiles_original/01_TUMOR").iterdir())[:3]:
+        tiles.append((np.asarray(Image.open(path).convert("RGB")), 0.495))
+    for rgb, mpp in tiles:
+        for threshold in (TILE_SAT, 0.03, 0.08):
+            assert np.array_equal(stained(rgb, mpp, threshold), plain_stained(rgb, mpp, threshold)), (mpp, threshold)
