@@ -41,7 +41,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 KATHER_SUBSETS = (("kather2016_tiles_original", 0.495), ("kather2016_tiles_tfds_resized224", 0.495 * 150 / 224))
-TEMPLATES = {"class": "{label}"}      # the tile's class folder as its condition text
+TEMPLATES = {"class": "{label}",       # the tile's class folder as its condition text
+             # class and the tile's own patch descriptors (quantile bins of the training tiles):
+             # `--fields class,class+descriptors` asks whether the descriptor words add anything
+             "class+descriptors": "{label}; {nuclei} nuclei; {stroma} stroma"}
 WHAT = ("2 text encoders (minilm real, random-clip random tower) x 2 fields (class text '{label}' vs none) x 2 seeds "
         "on the real Kather 2016 H&E tiles (null cell: the baseline with seeds + 1000, when on); one shared VAE; each "
         "(cell, seed) trained in its own process, sampled once per test tile (up to n), evaluated with "
