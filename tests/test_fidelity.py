@@ -161,3 +161,11 @@ def test_sizes_must_match_unless_resize_names_the_rule(tmp_path):
     assert sizes["real"] == [64, 64] and sizes["fake"] == [128, 128] and "lanczos" in sizes["resize"]
     report = evaluate(real, fake, tmp_path / "eval2", metrics=["stain"], resize="real-to-fake")
     assert "real (and training) images resized to 128x128 px with PIL bicubic" in report["protocol"]["sizes"]["resize"]
+
+
+@pytest.mark.unit
+def test_class_fidelity_needs_two_classes():
+    """One slide, one case (the CMU-1 demo): balanced accuracy and chance are both 1; skipped, not shown."""
+    images = np.random.default_rng(0).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="at least two classes"):
+        class_fidelity(images, ["CMU-1"] * 6, images, ["CMU-1"] * 6, images, ["CMU-1"] * 6)

@@ -108,6 +108,8 @@ def class_fidelity(train_images: np.ndarray, train_labels: list[str], test_image
     """Classifier on real train tiles: its real held-out score (the ceiling), its score on the fakes against
     their requested class, a shuffled-request control, and train-on-synthetic/test-on-real."""
     names = sorted(set(train_labels))
+    if len(names) < 2:  # one class: every score is 1 and chance is 1, which says nothing
+        raise ValueError(f"needs at least two classes among the labelled training tiles (found {names})")
     unknown = sorted(set(fake_labels) - set(names))
     if unknown:
         raise ValueError(f"requested classes not among the training tiles' labels: {', '.join(unknown)}")
